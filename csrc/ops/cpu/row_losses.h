@@ -1,0 +1,176 @@
+// Row-wise distillation losses shared by soft_label_kl and adaptive_distillation_loss (CPU).
+//
+// On tempered logits a = t/T, b = s/T of one row of K classes:
+//   sigmoid, per class: p = σ(a), q = σ(b)
+//       KL = p (a − b) + softplus(b) − softplus(a)          (= Bernoulli KL(p‖q))
+//       H  = softplus(a) − p a                              (= Bernoulli entropy of p)
+//       ∂KL/∂b = q − p
+//   softmax, per row: p = softmax(a), q = softmax(b)
+//       KL = Σ p (a − b) + lse(b) − lse(a),   H = lse(a) − Σ p a,   ∂KL/∂b = q − p
+//   adaptive (ADL, Tang et al. 2019): D = KL + β H, e = 1 − exp(−D), w = e^γ, loss = w · KL
+//       ∂loss/∂b = (q − p) · (w + γ KL e^(γ−1) exp(−D))  (the second term is dropped with detach_weight)
+// Row loss = T² · (sum over classes for sigmoid); gradient to s = T · (q − p) · factor · w_r / norm.
+#pragma once
+
+#include "common.h"
+#include "vec_math.h"
+
+#include <limits>
+
+namespace kdkernels::cpu {
+
+template <typename acc_t>
+struct RowConsts {
+  acc_t inv_t;        // 1 / T
+  acc_t t2;           // T²
+  acc_t beta;         // ADL β
+  acc_t gamma;        // ADL γ
+  acc_t weight_grad;  // 1: gradient through the adaptive weight, 0: detach_weight
+};
+
+// e^γ and d(e^γ)/de for the adaptive weight (γ = 0 gives the constant weight 1).
+template <typename acc_t>
+KDK_INLINE void adaptive_weight(acc_t e, acc_t gamma, acc_t& w, acc_t& dw_de) {
+  w = gamma == acc_t(0) ? acc_t(1) : vmath::pow_unit_(e, gamma);
+  dw_de = e > acc_t(0) ? gamma * w / e : acc_t(0);
+}
+
+template <typename acc_t, bool kGrad, bool kAdaptive>
+KDK_INLINE acc_t sigmoid_row(const acc_t* s, const acc_t* t, int64_t K, const RowConsts<acc_t>& c,
+                             acc_t g, acc_t* grad) {
+  acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < K; ++k) {
+    const acc_t a = t[k] * c.inv_t;
+    const acc_t b = s[k] * c.inv_t;
+    acc_t spa, p, spb, q;
+    vmath::softplus_sigmoid(a, spa, p);
+    vmath::softplus_sigmoid(b, spb, q);
+    const acc_t kl = p * (a - b) + spb - spa;
+    if constexpr (!kAdaptive) {
+      acc += kl;
+      if constexpr (kGrad) grad[k] = g * (q - p);
+    } else {
+      const acc_t h = spa - p * a;
+      acc_t d = kl + c.beta * h;
+      d = d > acc_t(0) ? d : acc_t(0);
+      const acc_t e = vmath::one_minus_exp_neg_(d);
+      acc_t w, dw_de;
+      adaptive_weight(e, c.gamma, w, dw_de);
+      acc += w * kl;
+      if constexpr (kGrad) {
+        grad[k] = g * (q - p) * (w + c.weight_grad * kl * dw_de * (acc_t(1) - e));
+      }
+    }
+  }
+  return acc * c.t2;
+}
+
+// ea/eb: scratch of K values (exp(a − max a), exp(b − max b)) kept for the gradient pass.
+template <typename acc_t, bool kGrad, bool kAdaptive>
+KDK_INLINE acc_t softmax_row(const acc_t* s, const acc_t* t, int64_t K, const RowConsts<acc_t>& c,
+                             acc_t g, acc_t* grad, acc_t* ea, acc_t* eb) {
+  acc_t ma = -std::numeric_limits<acc_t>::infinity(), mb = ma;
+#pragma omp simd reduction(max : ma, mb)
+  for (int64_t k = 0; k < K; ++k) {
+    ma = t[k] > ma ? t[k] : ma;
+    mb = s[k] > mb ? s[k] : mb;
+  }
+  ma *= c.inv_t;
+  mb *= c.inv_t;
+  acc_t za = 0, zb = 0, sd = 0, sa = 0;
+#pragma omp simd reduction(+ : za, zb, sd, sa)
+  for (int64_t k = 0; k < K; ++k) {
+    const acc_t a = t[k] * c.inv_t;
+    const acc_t b = s[k] * c.inv_t;
+    const acc_t x = vmath::exp_(a - ma);
+    const acc_t y = vmath::exp_(b - mb);
+    ea[k] = x;
+    eb[k] = y;
+    za += x;
+    zb += y;
+    sd += x * (a - b);
+    if constexpr (kAdaptive) sa += x * a;
+  }
+  const acc_t lse_a = ma + std::log(za);
+  const acc_t lse_b = mb + std::log(zb);
+  const acc_t kl = sd / za + lse_b - lse_a;
+  acc_t row = kl, factor = 1;
+  if constexpr (kAdaptive) {
+    const acc_t h = lse_a - sa / za;
+    acc_t d = kl + c.beta * h;
+    d = d > acc_t(0) ? d : acc_t(0);
+    const acc_t e = -std::expm1(-d);
+    acc_t w, dw_de;
+    adaptive_weight(e, c.gamma, w, dw_de);
+    row = w * kl;
+    factor = w + c.weight_grad * kl * dw_de * std::exp(-d);
+  }
+  if constexpr (kGrad) {
+    const acc_t gq = g * factor / zb, gp = g * factor / za;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) grad[k] = gq * eb[k] - gp * ea[k];
+  }
+  return row * c.t2;
+}
+
+// Loss of `rows` consecutive rows; gscale[r] = T · w_r / norm (the row's gradient factor).
+template <typename acc_t, bool kSoftmax, bool kGrad, bool kAdaptive>
+KDK_INLINE void rows_impl(const acc_t* s, const acc_t* t, int64_t rows, int64_t K,
+                          const RowConsts<acc_t>& c, const acc_t* gscale, acc_t* grad,
+                          acc_t* row_loss, acc_t* ea, acc_t* eb) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * K;
+    acc_t* gr = kGrad ? grad + o : nullptr;
+    if constexpr (kSoftmax) {
+      row_loss[r] = softmax_row<acc_t, kGrad, kAdaptive>(s + o, t + o, K, c, gscale[r], gr, ea, eb);
+    } else {
+      row_loss[r] = sigmoid_row<acc_t, kGrad, kAdaptive>(s + o, t + o, K, c, gscale[r], gr);
+    }
+  }
+}
+
+// float entry points: one clone per ISA each (see vec_math.h).
+#define KDK_ROWS_F32_DECL(S, G, A)                                                              \
+  void rows_f32_##S##G##A(const float* s, const float* t, int64_t rows, int64_t K,              \
+                          const RowConsts<float>& c, const float* gscale, float* grad,          \
+                          float* row_loss, float* ea, float* eb);
+KDK_ROWS_F32_DECL(0, 0, 0) KDK_ROWS_F32_DECL(0, 0, 1) KDK_ROWS_F32_DECL(0, 1, 0)
+KDK_ROWS_F32_DECL(0, 1, 1) KDK_ROWS_F32_DECL(1, 0, 0) KDK_ROWS_F32_DECL(1, 0, 1)
+KDK_ROWS_F32_DECL(1, 1, 0) KDK_ROWS_F32_DECL(1, 1, 1)
+#undef KDK_ROWS_F32_DECL
+
+template <typename acc_t, bool kSoftmax, bool kGrad, bool kAdaptive>
+void rows(const acc_t* s, const acc_t* t, int64_t n, int64_t K, const RowConsts<acc_t>& c,
+          const acc_t* gscale, acc_t* grad, acc_t* row_loss, acc_t* ea, acc_t* eb) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+#define KDK_CALL(S, G, A)                                              \
+  if constexpr (kSoftmax == S && kGrad == G && kAdaptive == A)         \
+    return rows_f32_##S##G##A(s, t, n, K, c, gscale, grad, row_loss, ea, eb);
+    KDK_CALL(0, 0, 0) KDK_CALL(0, 0, 1) KDK_CALL(0, 1, 0) KDK_CALL(0, 1, 1)
+    KDK_CALL(1, 0, 0) KDK_CALL(1, 0, 1) KDK_CALL(1, 1, 0) KDK_CALL(1, 1, 1)
+#undef KDK_CALL
+  } else {
+    rows_impl<acc_t, kSoftmax, kGrad, kAdaptive>(s, t, n, K, c, gscale, grad, row_loss, ea, eb);
+  }
+}
+
+struct RowLossArgs {
+  double temperature;
+  bool softmax;
+  bool adaptive;
+  double beta;
+  double gamma;
+  bool detach_weight;
+  Reduction reduction;
+  double eps;
+  bool compute_grad;
+};
+
+// Drives rows() over (R, K) logits in fixed blocks of rows; returns (loss, grad of the loss).
+std::tuple<at::Tensor, at::Tensor> row_loss_cpu(const at::Tensor& student,
+                                                const at::Tensor& teacher,
+                                                const std::optional<at::Tensor>& weight,
+                                                const RowLossArgs& args, const char* op_name);
+
+}  // namespace kdkernels::cpu

@@ -1,0 +1,57 @@
+"""soft_label_kl: tempered KL from the teacher's class distribution, per row, optionally weighted."""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend, _validate as V, reference
+from ._registration import register_loss_op
+
+register_loss_op("soft_label_kl", lambda student: student.shape[:1])
+
+
+def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                  temperature: float = 1.0, mode: str = "softmax", weight: torch.Tensor | None = None,
+                  reduction: str = "mean", eps: float = 1e-6) -> torch.Tensor:
+    """Soft-label distillation KL(p_teacher ‖ q_student) at temperature T.
+
+    Args:
+        student_logits, teacher_logits: (..., K) logits, same shape and dtype; leading dims are
+            flattened to R rows. Only the student receives a gradient.
+        temperature: T > 0.
+        mode: "softmax" (distribution over K) or "sigmoid" (K independent binary KLs, RetinaNet/FCOS).
+        weight: (R,) (or the leading shape) non-negative row weights, e.g. teacher confidence;
+            None = ones. Detached.
+        reduction: "mean" = Σ w_r row_r / max(Σ w_r, eps); "sum" = Σ w_r row_r; "none" = w_r row_r (R,).
+        eps: floor of the weight sum (> 0).
+
+    Formula (a = t/T, b = s/T):
+        softmax: row = T² Σ_k p_k (log p_k − log q_k),  p = softmax(a), q = softmax(b)
+        sigmoid: row = T² Σ_k [p log(p/q) + (1−p) log((1−p)/(1−q))],  p = σ(a), q = σ(b)
+        ∂row/∂s = T (q − p). Accumulates in float32 (float64 for float64); output in input dtype.
+
+    Channel-wise distillation (softmax over H·W per channel) and localisation distillation
+    (softmax over box-edge bins) are this op on a reshaped tensor.
+
+    Example:
+        >>> conf = kdkernels.teacher_confidence(cls_t)                      # (N, A)
+        >>> loss = kdkernels.soft_label_kl(cls_s, cls_t, mode="sigmoid", temperature=2.0, weight=conf)
+    """
+    student_logits, teacher_logits = V.autocast_pair(student_logits, teacher_logits)
+    s, t = V.logits_pair(student_logits, teacher_logits)
+    w = V.row_weight(weight, s.shape[0], s)
+    temperature = V.positive(temperature, "temperature")
+    V.choice(mode, "mode", V.MODES)
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    eps = V.positive(eps, "eps")
+    backend = _backend.resolve(s.device, "soft_label_kl")
+    if backend == "reference":
+        loss = reference.soft_label_kl(s, t, temperature=temperature, mode=mode, weight=w,
+                                       reduction=reduction, eps=eps)
+    elif backend == "triton":
+        from ..triton.soft_label_kl import soft_label_kl_triton
+        loss = soft_label_kl_triton(s, t.detach(), w, temperature, mode, reduction, eps)
+    else:
+        compute_grad = torch.is_grad_enabled() and s.requires_grad
+        loss, _ = torch.ops.kdkernels.soft_label_kl(s, t.detach(), w, temperature, mode, reduction,
+                                                    eps, compute_grad)
+    return loss.reshape(student_logits.shape[:-1]) if reduction == "none" else loss

@@ -1,0 +1,119 @@
+"""Plain-PyTorch implementations of every op: the ground truth for tests and the eager baseline.
+
+Same signatures and checks as the public ops. float16/bfloat16 inputs are computed in float32 and
+the result is returned in the input dtype; float64 stays float64. Gradients reach the student only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _validate as V
+
+
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float64, torch.float32) else x.float()
+
+
+def _reduce(rows: torch.Tensor, weight, reduction: str, eps: float, dtype) -> torch.Tensor:
+    if weight is not None:
+        rows = rows * weight.to(rows.dtype)
+    if reduction == "none":
+        return rows.to(dtype)
+    total = rows.sum()
+    if reduction == "sum":
+        return total.to(dtype)
+    norm = weight.to(rows.dtype).sum() if weight is not None else rows.new_tensor(float(rows.shape[0]))
+    return (total / norm.clamp_min(eps)).to(dtype)
+
+
+def teacher_confidence(cls_logits: torch.Tensor, *, mode: str = "sigmoid") -> torch.Tensor:
+    """(..., K) → (...): max_k σ(t_k) (sigmoid) or max_k softmax(t)_k (softmax). Detached."""
+    V.tensor(cls_logits, "cls_logits")
+    V.choice(mode, "mode", V.MODES)
+    if cls_logits.dim() < 1 or cls_logits.shape[-1] < 1:
+        raise ValueError(f"cls_logits must have shape (..., K) with K >= 1, got {tuple(cls_logits.shape)}")
+    t = _acc(cls_logits.detach())
+    probs = torch.sigmoid(t) if mode == "sigmoid" else torch.softmax(t, dim=-1)
+    return probs.amax(dim=-1).to(cls_logits.dtype)
+
+
+def confidence_map(cls_logits: torch.Tensor, num_anchors: int, *, mode: str = "sigmoid") -> torch.Tensor:
+    """One FPN level's head output (N, A·K, H, W) → (N, H, W): max over anchors and classes."""
+    V.tensor(cls_logits, "cls_logits")
+    if cls_logits.dim() != 4:
+        raise ValueError(f"cls_logits must have shape (N, A*K, H, W), got {tuple(cls_logits.shape)}")
+    if not isinstance(num_anchors, int) or num_anchors < 1 or cls_logits.shape[1] % num_anchors:
+        raise ValueError(f"num_anchors must be a positive int dividing the {cls_logits.shape[1]} "
+                         f"channels of cls_logits, got {num_anchors!r}")
+    n, ak, h, w = cls_logits.shape
+    per_anchor = cls_logits.reshape(n, num_anchors, ak // num_anchors, h, w).movedim(2, -1)
+    return teacher_confidence(per_anchor, mode=mode).amax(dim=1)
+
+
+def confidence_masked_mse(student, teacher, confidence, *, threshold=0.0, power=1.0,
+                          reduction="mean", eps=1e-6):
+    """m = conf^power·[conf ≥ threshold]; l = m (s − t)²; mean = Σ l / (C · max(Σ m, eps))."""
+    conf = V.feature_pair(student, teacher, confidence)
+    V.number(threshold, "threshold")
+    V.number(power, "power")
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    V.positive(eps, "eps")
+    s, t = _acc(student), _acc(teacher.detach())
+    c = conf.to(s.dtype).unsqueeze(1)
+    mask = c.pow(power) * (c >= threshold)
+    loss = mask * (s - t).square()
+    if reduction == "none":
+        return loss.to(student.dtype)
+    if reduction == "sum":
+        return loss.sum().to(student.dtype)
+    return (loss.sum() / (student.shape[1] * mask.sum().clamp_min(eps))).to(student.dtype)
+
+
+def _kl_terms(s, t, temperature: float, mode: str):
+    """Tempered KL(p‖q) per element (sigmoid) or per row (softmax), and the teacher entropy H."""
+    a, b = t / temperature, s / temperature
+    if mode == "softmax":
+        logp, logq = F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1)
+        p = logp.exp()
+        return (p * (logp - logq)).sum(-1), -(p * logp).sum(-1)
+    p = torch.sigmoid(a)
+    lp, lnp = F.logsigmoid(a), F.logsigmoid(-a)
+    kl = p * (lp - F.logsigmoid(b)) + (1 - p) * (lnp - F.logsigmoid(-b))
+    return kl, -(p * lp + (1 - p) * lnp)
+
+
+def soft_label_kl(student_logits, teacher_logits, *, temperature=1.0, mode="softmax", weight=None,
+                  reduction="mean", eps=1e-6):
+    """row_r = T² KL(p_t‖q_s) (softmax over K, or Σ_k binary KL for sigmoid); weighted; reduced."""
+    s, t = V.logits_pair(student_logits, teacher_logits)
+    w = V.row_weight(weight, s.shape[0], s)
+    T = V.positive(temperature, "temperature")
+    V.choice(mode, "mode", V.MODES)
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    V.positive(eps, "eps")
+    kl, _ = _kl_terms(_acc(s), _acc(t.detach()), T, mode)
+    rows = kl if mode == "softmax" else kl.sum(-1)
+    return _reduce(T * T * rows, w, reduction, eps, student_logits.dtype)
+
+
+def adaptive_distillation_loss(student_logits, teacher_logits, *, temperature=1.0, beta=1.0,
+                               gamma=2.0, mode="sigmoid", weight=None, reduction="mean",
+                               detach_weight=False, eps=1e-6):
+    """ADL: D = KL + β H, weight (1 − exp(−D))^γ, loss T² · weight · KL (see the public op)."""
+    s, t = V.logits_pair(student_logits, teacher_logits)
+    w = V.row_weight(weight, s.shape[0], s)
+    T = V.positive(temperature, "temperature")
+    V.non_negative(beta, "beta")
+    V.non_negative(gamma, "gamma")
+    V.choice(mode, "mode", V.MODES)
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    V.positive(eps, "eps")
+    kl, h = _kl_terms(_acc(s), _acc(t.detach()), T, mode)
+    e = -torch.expm1(-(kl + beta * h).clamp_min(0))
+    adaptive = e.pow(gamma)
+    if detach_weight:
+        adaptive = adaptive.detach()
+    loss = T * T * adaptive * kl
+    rows = loss if mode == "softmax" else loss.sum(-1)
+    return _reduce(rows, w, reduction, eps, student_logits.dtype)
