@@ -92,6 +92,7 @@ class TimedBuild(BuildExtension):
 
 
 setup(
-    ext_modules=[extension()],
+    # KDKERNELS_SKIP_EXT=1: package only (scripts/setup_env.sh then builds the extension in place)
+    ext_modules=[] if os.environ.get("KDKERNELS_SKIP_EXT") == "1" else [extension()],
     cmdclass={"build_ext": TimedBuild.with_options(use_ninja=True)},
 )

@@ -101,7 +101,8 @@ def feature_pair(student, teacher, confidence):
 
 def autocast_pair(a: torch.Tensor, b: torch.Tensor):
     """Under autocast, promote a mixed-precision pair to the wider dtype (bf16 + fp32 → fp32)."""
-    if a.dtype != b.dtype and torch.is_autocast_enabled(a.device.type):
+    if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype != b.dtype
+            and torch.is_autocast_enabled(a.device.type)):
         dtype = torch.promote_types(a.dtype, b.dtype)
         return a.to(dtype), b.to(dtype)
     return a, b

@@ -15,11 +15,13 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float64, torch.float32) else x.float()
 
 
-def _reduce(rows: torch.Tensor, weight, reduction: str, eps: float, dtype) -> torch.Tensor:
+def _reduce(rows: torch.Tensor, weight, reduction: str, eps: float, like: torch.Tensor) -> torch.Tensor:
+    """Weighted reduction of per-row losses; "none" keeps the leading shape of `like` (..., K)."""
+    dtype = like.dtype
     if weight is not None:
         rows = rows * weight.to(rows.dtype)
     if reduction == "none":
-        return rows.to(dtype)
+        return rows.to(dtype).reshape(like.shape[:-1])
     total = rows.sum()
     if reduction == "sum":
         return total.to(dtype)
@@ -67,7 +69,7 @@ def confidence_masked_mse(student, teacher, confidence, *, threshold=0.0, power=
         return loss.to(student.dtype)
     if reduction == "sum":
         return loss.sum().to(student.dtype)
-    return (loss.sum() / (student.shape[1] * mask.sum().clamp_min(eps))).to(student.dtype)
+    return (loss.sum() / (max(student.shape[1], 1) * mask.sum().clamp_min(eps))).to(student.dtype)
 
 
 def _kl_terms(s, t, temperature: float, mode: str):
@@ -94,7 +96,7 @@ def soft_label_kl(student_logits, teacher_logits, *, temperature=1.0, mode="soft
     V.positive(eps, "eps")
     kl, _ = _kl_terms(_acc(s), _acc(t.detach()), T, mode)
     rows = kl if mode == "softmax" else kl.sum(-1)
-    return _reduce(T * T * rows, w, reduction, eps, student_logits.dtype)
+    return _reduce(T * T * rows, w, reduction, eps, student_logits)
 
 
 def adaptive_distillation_loss(student_logits, teacher_logits, *, temperature=1.0, beta=1.0,
@@ -116,4 +118,4 @@ def adaptive_distillation_loss(student_logits, teacher_logits, *, temperature=1.
         adaptive = adaptive.detach()
     loss = T * T * adaptive * kl
     rows = loss if mode == "softmax" else loss.sum(-1)
-    return _reduce(rows, w, reduction, eps, student_logits.dtype)
+    return _reduce(rows, w, reduction, eps, student_logits)

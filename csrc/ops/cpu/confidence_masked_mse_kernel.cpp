@@ -111,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> confidence_masked_mse_cpu(
   at::Tensor mask = power == 1.0 ? conf : conf.pow(power);
   mask = (mask * conf.ge(threshold)).contiguous();
   const double mask_sum = mask.sum(at::kDouble).item<double>();
-  const double norm = red == kMean ? double(C) * std::max(mask_sum, eps) : 1.0;
+  const double norm = red == kMean ? double(std::max<int64_t>(C, 1)) * std::max(mask_sum, eps) : 1.0;
 
   at::Tensor grad = compute_grad ? at::empty_like(s) : at::empty({0}, s.options());
   at::Tensor out = red == kNone ? at::empty_like(s) : at::Tensor();

@@ -1,0 +1,188 @@
+"""The benchmark cases: one definition shared by run.py (timing + memory) and test_bench.py.
+
+A case is one op with one fixed argument set and a sweep of sizes. For every case there are three
+variants computing the same loss:
+
+    eager      kdkernels.reference.<op>(...)                 plain PyTorch, the ground truth
+    compiled   torch.compile(kdkernels.reference.<op>)(...)  compiled once per case, static shapes
+                                                             (one specialised graph per size; the
+                                                             first call per size compiles and is a
+                                                             warm-up, never timed)
+    kdkernels  kdkernels.<op>(...)                           the public op, backend "auto"
+
+Inputs are built by ``Case.setup(size, dtype, device)``; the student requires grad, the teacher,
+the confidence and the weights do not (they are targets).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import kdkernels
+from kdkernels import reference
+
+VARIANTS = ("eager", "compiled", "kdkernels")
+MODES = ("fwd", "fwd+bwd")
+
+# Every size of every case compiles one static-shape graph of the same reference function (the
+# sigmoid and softmax soft_label_kl cases even share one code object): lift dynamo's recompile
+# limit so no size silently falls back to eager.
+_RECOMPILE_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class Size:
+    """One point of a size sweep. ``shape`` is the student's (and teacher's) shape."""
+    label: str
+    shape: tuple[int, ...]
+    quick: bool = False        # part of the --quick sweep (small, compiles fast)
+    realistic: bool = False    # a detection-realistic shape (headline numbers)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Inputs:
+    """Arguments of one call: ``op(student, teacher, *extra, **kwargs)``."""
+    student: torch.Tensor
+    teacher: torch.Tensor
+    extra: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of student + teacher (the unit of the memory multiples)."""
+        return (self.student.numel() * self.student.element_size()
+                + self.teacher.numel() * self.teacher.element_size())
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of one of the two big tensors."""
+        return self.student.numel() * self.student.element_size()
+
+    @property
+    def extra_bytes(self) -> int:
+        """Bytes of the small tensors (confidence / weight)."""
+        return sum(x.numel() * x.element_size() for x in
+                   list(self.extra) + list(self.kwargs.values()) if isinstance(x, torch.Tensor))
+
+    def reset(self) -> None:
+        """zero_grad(set_to_none=True) for the student."""
+        self.student.grad = None
+
+
+@dataclass(eq=False)
+class Case:
+    name: str                  # unique id, e.g. "soft_label_kl[sigmoid]"
+    op: str                    # attribute of kdkernels and kdkernels.reference
+    kwargs: dict               # fixed keyword arguments of the op
+    sizes: tuple[Size, ...]
+    kind: str                  # "features" (N, C, H, W) + confidence (N, H, W) | "logits" (R, K) + weight (R,)
+    description: str = ""
+    _compiled: Callable | None = field(default=None, repr=False)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def setup(self, size: Size, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0) -> Inputs:
+        device = torch.device(device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+
+        def randn(shape, scale=1.0):
+            return (torch.randn(shape, generator=gen, device=device) * scale).to(dtype)
+
+        if self.kind == "features":
+            n, c, h, w = size.shape
+            student = randn(size.shape).requires_grad_()
+            teacher = randn(size.shape)
+            # uniform in [0, 1]: with threshold 0.5 half of the pixels are imitated
+            confidence = torch.rand((n, h, w), generator=gen, device=device).to(dtype)
+            return Inputs(student, teacher, (confidence,), dict(self.kwargs))
+        if self.kind == "logits":
+            student = randn(size.shape, 2.0).requires_grad_()
+            teacher = randn(size.shape, 2.0)
+            weight = kdkernels.teacher_confidence(teacher, mode=self.kwargs.get("mode", "sigmoid"))
+            return Inputs(student, teacher, (), dict(self.kwargs, weight=weight))
+        raise ValueError(f"unknown case kind {self.kind!r}")
+
+    # -- the three variants ----------------------------------------------------------------------
+    def compiled(self) -> Callable:
+        """torch.compile(kdkernels.reference.<op>), created once per case (static shapes)."""
+        if self._compiled is None:
+            cfg = torch._dynamo.config
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(cfg, knob):
+                    setattr(cfg, knob, max(getattr(cfg, knob), _RECOMPILE_LIMIT))
+            if hasattr(cfg, "accumulated_recompile_limit"):
+                cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * _RECOMPILE_LIMIT)
+            self._compiled = torch.compile(getattr(reference, self.op), dynamic=False)
+        return self._compiled
+
+    def fn(self, variant: str) -> Callable[[Inputs], torch.Tensor]:
+        """The loss of one variant as a function of the inputs."""
+        if variant == "eager":
+            f = getattr(reference, self.op)
+        elif variant == "compiled":
+            f = self.compiled()
+        elif variant == "kdkernels":
+            f = getattr(kdkernels, self.op)
+        else:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+        def loss(inp: Inputs) -> torch.Tensor:
+            return f(inp.student, inp.teacher, *inp.extra, **inp.kwargs)
+
+        loss.__name__ = f"{self.name}:{variant}"
+        return loss
+
+    def sizes_for(self, quick: bool) -> tuple[Size, ...]:
+        return tuple(s for s in self.sizes if s.quick) if quick else self.sizes
+
+
+def forward(fn: Callable[[Inputs], torch.Tensor], inp: Inputs) -> torch.Tensor:
+    """Training forward: grad mode on, the student requires grad, the autograd graph is built
+    (so the fused kernels also write the student gradient here, as they do in training)."""
+    return fn(inp)
+
+
+def forward_backward(fn: Callable[[Inputs], torch.Tensor], inp: Inputs) -> torch.Tensor:
+    """Forward + loss.backward() into a fresh student.grad (reset with ``inp.reset()`` first)."""
+    loss = fn(inp)
+    loss.backward()
+    return loss
+
+
+STEPS = {"fwd": forward, "fwd+bwd": forward_backward}
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+_FEATURE_SIZES = (
+    Size("(2,64,32,32)", (2, 64, 32, 32), quick=True),
+    Size("P5 (2,256,25,42)", (2, 256, 25, 42)),
+    Size("P4 (2,256,50,84)", (2, 256, 50, 84)),
+    Size("P3 (2,256,100,168)", (2, 256, 100, 168), realistic=True),
+)
+_LOGIT_SIZES = (
+    Size("(4096,80)", (4096, 80), quick=True),
+    Size("(32768,80)", (32768, 80)),
+    Size("(100000,80)", (100000, 80)),
+    Size("RetinaNet (400000,80)", (400000, 80), realistic=True),
+)
+
+CASES: tuple[Case, ...] = (
+    Case("confidence_masked_mse", "confidence_masked_mse", dict(threshold=0.5, reduction="mean"),
+         _FEATURE_SIZES, "features",
+         "FPN feature imitation, mask = confidence ≥ 0.5 (confidence uniform in [0, 1])"),
+    Case("soft_label_kl[sigmoid]", "soft_label_kl", dict(mode="sigmoid"), _LOGIT_SIZES, "logits",
+         "per-class binary KL, weight = teacher confidence"),
+    Case("soft_label_kl[softmax]", "soft_label_kl", dict(mode="softmax"), _LOGIT_SIZES, "logits",
+         "softmax KL over K, weight = teacher confidence"),
+    Case("adaptive_distillation_loss[sigmoid]", "adaptive_distillation_loss", dict(mode="sigmoid"),
+         _LOGIT_SIZES, "logits", "ADL (β = 1, γ = 2), weight = teacher confidence"),
+)
+CASES_BY_NAME = {c.name: c for c in CASES}

@@ -1,0 +1,197 @@
+"""Peak extra memory of one forward + backward, per (case, size, variant).
+
+What is measured: the highest memory in use during ``loss = f(inputs); loss.backward()`` minus the
+memory in use just before it, with the inputs (student, teacher, confidence/weight) already built
+and the variant already warmed up (for torch.compile: compiled). The extra therefore includes the
+student's gradient (one student-sized tensor, which every variant must produce) and the autograd
+graph's saved tensors, intermediates and workspaces.
+
+CUDA: ``torch.cuda.reset_peak_memory_stats()``, then ``max_memory_allocated() − memory_allocated()``
+(the caching allocator's own accounting, in the benchmark process).
+
+CPU: PyTorch has no allocator statistics for CPU tensors (tracemalloc does not see them), and the
+process RSS high-water mark cannot be reset from Python in general, so each case runs in a short
+child process (``python -m benchmarks.memory``) that
+  1. sets glibc malloc's mmap threshold to 64 KiB (``mallopt(M_MMAP_THRESHOLD)``): every tensor
+     buffer is then its own mmap, returned to the OS when freed, so the RSS after a warm-up or
+     after a previous size is not inflated by free-but-retained heap that the measured run could
+     silently reuse;
+  2. builds the inputs, warms the variant up (fwd + bwd, twice for torch.compile), frees the loss
+     and the gradient;
+  3. reads VmRSS from /proc/self/status, resets the high-water mark by writing "5" to
+     /proc/self/clear_refs (Linux ≥ 4.0) and checks that VmHWM dropped to VmRSS;
+  4. runs fwd + bwd once and reads VmHWM (peak RSS): extra = VmHWM − VmRSS(before).
+If the high-water mark cannot be reset (older kernel, no /proc), each (case, size, variant) runs
+in its own child without warm-up: the compile memory of torch.compile would then be counted, so
+its value is reported as unavailable. RSS counts touched pages only, in KiB; a buffer allocated
+but never written (torch.empty that is never filled) costs nothing, as on the machine itself.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .cases import CASES_BY_NAME, STEPS, VARIANTS
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _status_kib(key: str) -> int:
+    m = re.search(rf"^{key}:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
+    if m is None:
+        raise RuntimeError(f"{key} not found in {_STATUS}")
+    return int(m.group(1))
+
+
+def rss_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def hwm_bytes() -> int:
+    return _status_kib("VmHWM") * 1024
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS; True if the kernel honoured it."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return hwm_bytes() <= rss_bytes() + (1 << 20)
+
+
+def set_malloc_mmap_threshold(nbytes: int = 64 * 1024) -> bool:
+    """Make glibc serve every allocation ≥ nbytes with its own mmap (freed straight to the OS)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, nbytes) == 1
+        libc.mallopt(_M_TRIM_THRESHOLD, nbytes)
+        return ok
+    except (OSError, AttributeError):
+        return False
+
+
+def _fwd_bwd(fn, inp):
+    inp.reset()
+    return STEPS["fwd+bwd"](fn, inp)
+
+
+def measure(case, size, variant: str, dtype, device, *, warmup: bool = True, reset_ok: bool = True) -> dict:
+    """Peak extra bytes of one fwd + bwd (see the module docstring). Runs in the calling process."""
+    device = torch.device(device)
+    inp = case.setup(size, dtype, device)
+    fn = case.fn(variant)
+    if warmup:
+        for _ in range(2 if variant == "compiled" else 1):
+            loss = _fwd_bwd(fn, inp)
+            del loss
+    inp.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        loss = _fwd_bwd(fn, inp)
+        torch.cuda.synchronize(device)
+        extra = torch.cuda.max_memory_allocated(device) - base
+        method = "torch.cuda.max_memory_allocated"
+    else:
+        base = rss_bytes()
+        if reset_ok:
+            if not reset_hwm():
+                raise RuntimeError("VmHWM could not be reset")
+            before = hwm_bytes()
+        else:
+            before = hwm_bytes()
+        loss = _fwd_bwd(fn, inp)
+        peak = hwm_bytes()
+        if reset_ok or peak > before:
+            extra = max(0, peak - base)
+        else:  # the setup's own peak was higher: the run's peak is hidden below it
+            extra = None
+        method = "VmHWM-VmRSS" + ("" if reset_ok else " (no reset)")
+    out = {"peak_extra_bytes": extra, "input_bytes": inp.input_bytes, "method": method,
+           "loss": float(loss.detach().float())}
+    del loss
+    inp.reset()
+    return out
+
+
+def _child_main(spec: dict) -> dict:
+    """Entry point of the child process: measure every requested (size, variant) of one case."""
+    mallopt_ok = set_malloc_mmap_threshold()
+    torch.set_num_threads(spec["threads"])
+    case = CASES_BY_NAME[spec["case"]]
+    dtype = getattr(torch, spec["dtype"])
+    reset_ok = spec["reset_ok"]
+    sizes = {s.label: s for s in case.sizes}
+    results = {}
+    for label in spec["sizes"]:
+        for variant in spec["variants"]:
+            if variant == "compiled" and not reset_ok:
+                results.setdefault(label, {})[variant] = {
+                    "peak_extra_bytes": None, "method": "unavailable: VmHWM cannot be reset, "
+                    "the measurement would include compilation"}
+                continue
+            r = measure(case, sizes[label], variant, dtype, "cpu", warmup=reset_ok, reset_ok=reset_ok)
+            r["mallopt_mmap_threshold"] = mallopt_ok
+            results.setdefault(label, {})[variant] = r
+            gc.collect()
+    return results
+
+
+def hwm_reset_supported() -> bool:
+    """Whether this kernel lets a process reset its RSS high-water mark (checked in a child)."""
+    code = ("import sys; from benchmarks.memory import reset_hwm; "
+            "b = bytearray(64 << 20); b[::4096] = b'\\x01' * len(b[::4096]); del b; "
+            "sys.exit(0 if reset_hwm() else 1)")
+    try:
+        return subprocess.run([sys.executable, "-c", code], env=_child_env(), timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)   # same as the mallopt call, for early allocations
+    env["MALLOC_TRIM_THRESHOLD_"] = str(64 * 1024)
+    return env
+
+
+def measure_case_cpu(case, sizes, variants=VARIANTS, *, dtype="float32", threads=None,
+                     reset_ok: bool = True, timeout: float = 900) -> dict:
+    """{size label: {variant: result}} for one case, measured in child process(es)."""
+    threads = threads or torch.get_num_threads()
+    base_spec = {"case": case.name, "dtype": dtype, "threads": threads, "reset_ok": reset_ok}
+    # with a resettable high-water mark one child serves the whole case; otherwise one per variant
+    groups = ([([s.label for s in sizes], list(variants))] if reset_ok else
+              [([s.label], [v]) for s in sizes for v in variants])
+    results: dict = {}
+    for labels, vs in groups:
+        spec = dict(base_spec, sizes=labels, variants=vs)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", json.dumps(spec)],
+                              env=_child_env(), capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory child for {case.name} failed (rc {proc.returncode}):\n"
+                               f"{proc.stderr[-4000:]}")
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        for label, per_variant in json.loads(lines[-1]).items():
+            results.setdefault(label, {}).update(per_variant)
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child_main(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,128 @@
+"""Pieces shared by the Triton kernels: accumulation types, tile limits, autotune configs, the
+elementwise math of the row losses (mirrors csrc/ops/cpu/vec_math.h) and the autograd registration.
+
+Conventions of every kernel in this package (Liger-Kernel style):
+- the forward kernel writes the loss and the gradient of the loss w.r.t. the student in one pass
+  (in the input dtype); the registered backward is one multiply by grad_output;
+- loads are widened to ACC (float32, or float64 for float64 inputs) and all sums run in ACC;
+- program ids are cast to int64 before any multiply by a stride or a row length;
+- scalars (1/T, T², β, γ, the gradient scale) travel in a small ACC tensor, not as kernel float
+  arguments (Triton passes Python floats as float32, which would round float64 runs), and the
+  normaliser of "mean" is a tensor computed with torch first, so nothing waits on the GPU;
+- reductions are deterministic: one partial sum per program written to a buffer, summed by torch
+  (no atomics). The order depends on the tile size the autotuner picked for the shape.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# TRITON_INTERPRET=1 runs the kernels on the CPU through numpy (tests without a GPU). It is read
+# once, when these modules are imported, like triton.jit itself does.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Largest tile along the reduced axis (K classes / H·W pixels). Rows longer than this loop over
+# it (online softmax). Tests lower it to exercise the loop on small shapes; it must stay <= the
+# smallest TILE of the autotune configs below.
+BLOCK_LIMITS = {"K": 1024, "HW": 1024}
+
+# TILE = elements per program (a BLOCK_R × BLOCK_K tile); BLOCK_R = TILE // BLOCK_K.
+_GPU_TILES = ((1024, 4), (2048, 8), (4096, 8))
+_INTERPRET_TILE = 4096  # one config: the interpreter's cost is per op, so few big programs.
+
+
+def tile_configs() -> list:
+    if INTERPRET:
+        return [triton.Config({"TILE": _INTERPRET_TILE}, num_warps=4)]
+    return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _GPU_TILES]
+
+
+def min_tile() -> int:
+    return _INTERPRET_TILE if INTERPRET else min(tile for tile, _ in _GPU_TILES)
+
+
+def next_pow2(n) -> int:
+    """Smallest power of two >= n (plain comparisons, so it also takes a SymInt)."""
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def block_along(n, limit_key: str) -> int:
+    block = min(next_pow2(n), BLOCK_LIMITS[limit_key])
+    if block > min_tile():
+        raise ValueError(f"kdkernels.triton: BLOCK_LIMITS[{limit_key!r}] = {BLOCK_LIMITS[limit_key]} "
+                         f"exceeds the smallest tile {min_tile()}")
+    return block
+
+
+def acc_types(dtype: torch.dtype):
+    """(torch accumulation dtype, triton accumulation dtype) for an input dtype."""
+    if dtype == torch.float64:
+        return torch.float64, tl.float64
+    return torch.float32, tl.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise math (same formulas as csrc/ops/cpu/vec_math.h, without libdevice so that the
+# interpreter and every GPU vendor run the same code).
+
+@triton.jit
+def softplus_sigmoid(x):
+    """(softplus(x), sigmoid(x)) from the one exp(-|x|); log1p(e) as log(u)·e/(u − 1), u = 1 + e."""
+    e = tl.exp(-tl.abs(x))
+    u = 1.0 + e
+    du = u - 1.0
+    log1p_e = tl.where(du == 0.0, e, tl.log(u) * (e / tl.where(du == 0.0, 1.0, du)))
+    inv = 1.0 / u
+    return tl.maximum(x, 0.0) + log1p_e, tl.where(x >= 0.0, inv, e * inv)
+
+
+@triton.jit
+def one_minus_exp_neg(d):
+    """1 − exp(−d) for d >= 0; a 4-term series below 1e-3 (relative error < 1e-14 there)."""
+    series = d * (1.0 - d * (0.5 - d * (1.0 / 6.0 - d * (1.0 / 24.0))))
+    return tl.where(d < 1e-3, series, 1.0 - tl.exp(-d))
+
+
+@triton.jit
+def adaptive_weight(e, gamma):
+    """ADL weight w = e^γ (γ = 0 → 1; e <= 1e-30 → 0 as on the CPU) and dw/de (0 where e == 0)."""
+    pos = e > 1e-30
+    w = tl.where(pos, tl.exp(gamma * tl.log(tl.where(pos, e, 1.0))), 0.0)
+    w = tl.where(gamma == 0.0, 1.0, w)
+    dw_de = tl.where(e > 0.0, gamma * w / tl.where(e > 0.0, e, 1.0), 0.0)
+    return w, dw_de
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd: every op returns (loss, grad_student) with grad_student = d loss / d student written by
+# the forward kernel (an empty tensor when compute_grad=False).
+
+def register_grad_autograd(op, qualname: str) -> None:
+    """Backward of an op returning (loss, grad): grad · grad_output, per-row grad_output broadcast
+    over the trailing dims; no gradient for any other input."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+        ctx.num_inputs = len(inputs)
+        ctx.student_numel = inputs[0].numel()
+
+    def backward(ctx, grad_loss, _grad_of_grad):
+        (grad,) = ctx.saved_tensors
+        if grad.numel() != ctx.student_numel:
+            raise RuntimeError(f"{qualname} was called with compute_grad=False; pass "
+                               "compute_grad=True when the student needs a gradient")
+        if grad_loss.dim() != 0:
+            grad_loss = grad_loss.reshape(grad_loss.shape + (1,) * (grad.dim() - grad_loss.dim()))
+        return (grad * grad_loss,) + (None,) * (ctx.num_inputs - 1)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+def needs_grad(student: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and student.requires_grad

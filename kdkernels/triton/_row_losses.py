@@ -1,0 +1,221 @@
+"""The row-wise kernel shared by soft_label_kl and adaptive_distillation_loss (Triton).
+
+Same math as csrc/ops/cpu/row_losses.h. On tempered logits a = t/T, b = s/T of one row of K classes:
+  sigmoid, per class: p = σ(a), q = σ(b)
+      KL = p (a − b) + softplus(b) − softplus(a),   H = softplus(a) − p a,   ∂KL/∂b = q − p
+  softmax, per row: p = softmax(a), q = softmax(b)
+      KL = Σ p (a − b) + lse(b) − lse(a),            H = lse(a) − Σ p a,      ∂KL/∂b = q − p
+  adaptive (ADL): D = max(KL + β H, 0), e = 1 − exp(−D), w = e^γ, loss = w · KL
+      ∂loss/∂b = (q − p) · (w + γ KL e^(γ−1) exp(−D))   (second term dropped with detach_weight)
+Row loss = T² · (Σ over classes for sigmoid) · w_r;  ∂/∂s = (1/T) ∂/∂b · T² · w_r / norm
+         = T · (q − p) · factor · w_r / norm  ("scale" = T / norm below, norm = 1 unless "mean").
+
+Derivation of the softmax gradient: ∂lse(b)/∂b_k = q_k and ∂Σ_j p_j (a_j − b_j)/∂b_k = −p_k, so
+∂KL/∂b_k = q_k − p_k; H does not depend on b, so ∂D/∂b = ∂KL/∂b and
+∂(e^γ KL)/∂b = (e^γ + KL · γ e^(γ−1) · ∂e/∂D) ∂KL/∂b with ∂e/∂D = exp(−D) (0 where D is clamped).
+
+Layout: each program owns BLOCK_R rows and walks K in BLOCK_K columns. Sigmoid is elementwise, so
+one pass writes loss terms and gradient. Softmax keeps a running max and rescaled sums per row
+(online softmax): pass 1 gives max, Σexp, Σ exp·(a − b) and Σ exp·a for both logits; pass 2
+(skipped when the row fits one block, ONE_BLOCK) writes the gradient.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from . import _common
+from ._common import adaptive_weight, one_minus_exp_neg, softplus_sigmoid
+
+
+@triton.jit
+def _softmax_row_factor(kl, h, beta, gamma, wgrad, ADAPTIVE: tl.constexpr):
+    """(per-row loss before T², per-row gradient factor)."""
+    if ADAPTIVE:
+        d = tl.maximum(kl + beta * h, 0.0)
+        e = one_minus_exp_neg(d)
+        w, dw_de = adaptive_weight(e, gamma)
+        return w * kl, w + wgrad * kl * dw_de * tl.exp(-d)
+    else:
+        return kl, tl.full(kl.shape, 1.0, kl.dtype)
+
+
+@triton.autotune(configs=_common.tile_configs(),
+                 key=["K", "BLOCK_K", "SOFTMAX", "ADAPTIVE", "WRITE_GRAD", "WRITE_ROWS"])
+@triton.jit
+def _row_loss_kernel(
+    s_ptr, t_ptr, w_ptr, consts_ptr, out_ptr, grad_ptr, partial_ptr,
+    R, K, stride_s, stride_t,
+    HAS_WEIGHT: tl.constexpr, SOFTMAX: tl.constexpr, ADAPTIVE: tl.constexpr,
+    WRITE_ROWS: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_K: tl.constexpr, ONE_BLOCK: tl.constexpr, TILE: tl.constexpr,
+):
+    BLOCK_R: tl.constexpr = TILE // BLOCK_K
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)  # int64
+    rmask = rows < R
+    offs_k = tl.arange(0, BLOCK_K)
+    s_row = s_ptr + rows * stride_s
+    t_row = t_ptr + rows * stride_t
+    g_row = grad_ptr + rows * K  # the gradient is written contiguous (R, K)
+
+    inv_t = tl.load(consts_ptr + 0)
+    t2 = tl.load(consts_ptr + 1)
+    beta = tl.load(consts_ptr + 2)
+    gamma = tl.load(consts_ptr + 3)
+    wgrad = tl.load(consts_ptr + 4)
+    scale = tl.load(consts_ptr + 5)  # T / norm
+    if HAS_WEIGHT:
+        wr = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(ACC)
+    else:
+        wr = tl.full([BLOCK_R], 1.0, ACC)
+    g = scale * wr  # per-row gradient scale
+
+    if SOFTMAX:
+        if ONE_BLOCK:
+            cmask = offs_k < K
+            m2 = rmask[:, None] & cmask[None, :]
+            a = tl.load(t_row[:, None] + offs_k[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+            b = tl.load(s_row[:, None] + offs_k[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+            am = tl.where(cmask[None, :], a, float("-inf"))
+            bm = tl.where(cmask[None, :], b, float("-inf"))
+            ma = tl.max(am, axis=1)
+            mb = tl.max(bm, axis=1)
+            x = tl.exp(am - ma[:, None])
+            y = tl.exp(bm - mb[:, None])
+            za = tl.sum(x, axis=1)
+            zb = tl.sum(y, axis=1)
+            sd = tl.sum(x * (a - b), axis=1)
+            sa = tl.sum(x * a, axis=1)
+            lse_a = ma + tl.log(za)
+            lse_b = mb + tl.log(zb)
+            kl = sd / za + lse_b - lse_a
+            row, factor = _softmax_row_factor(kl, lse_a - sa / za, beta, gamma, wgrad, ADAPTIVE)
+            if WRITE_GRAD:
+                gf = g * factor
+                gr = (gf / zb)[:, None] * y - (gf / za)[:, None] * x
+                tl.store(g_row[:, None] + offs_k[None, :], gr.to(grad_ptr.dtype.element_ty), mask=m2)
+        else:
+            ma = tl.full([BLOCK_R], float("-inf"), ACC)
+            mb = tl.full([BLOCK_R], float("-inf"), ACC)
+            za = tl.zeros([BLOCK_R], ACC)
+            zb = tl.zeros([BLOCK_R], ACC)
+            sd = tl.zeros([BLOCK_R], ACC)
+            sa = tl.zeros([BLOCK_R], ACC)
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + offs_k
+                cmask = cols < K
+                m2 = rmask[:, None] & cmask[None, :]
+                a = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+                b = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+                am = tl.where(cmask[None, :], a, float("-inf"))
+                bm = tl.where(cmask[None, :], b, float("-inf"))
+                ma_new = tl.maximum(ma, tl.max(am, axis=1))
+                mb_new = tl.maximum(mb, tl.max(bm, axis=1))
+                x = tl.exp(am - ma_new[:, None])
+                y = tl.exp(bm - mb_new[:, None])
+                ca = tl.exp(ma - ma_new)  # 0 on the first block (ma = -inf)
+                cb = tl.exp(mb - mb_new)
+                za = za * ca + tl.sum(x, axis=1)
+                zb = zb * cb + tl.sum(y, axis=1)
+                sd = sd * ca + tl.sum(x * (a - b), axis=1)
+                sa = sa * ca + tl.sum(x * a, axis=1)
+                ma = ma_new
+                mb = mb_new
+            lse_a = ma + tl.log(za)
+            lse_b = mb + tl.log(zb)
+            kl = sd / za + lse_b - lse_a
+            row, factor = _softmax_row_factor(kl, lse_a - sa / za, beta, gamma, wgrad, ADAPTIVE)
+            if WRITE_GRAD:
+                gf = (g * factor)[:, None]
+                for k0 in range(0, K, BLOCK_K):
+                    cols = k0 + offs_k
+                    m2 = rmask[:, None] & (cols < K)[None, :]
+                    a = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+                    b = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+                    gr = gf * (tl.exp(b - lse_b[:, None]) - tl.exp(a - lse_a[:, None]))
+                    tl.store(g_row[:, None] + cols[None, :], gr.to(grad_ptr.dtype.element_ty), mask=m2)
+    else:
+        acc = tl.zeros([BLOCK_R], ACC)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + offs_k
+            m2 = rmask[:, None] & (cols < K)[None, :]
+            # masked lanes load a = b = 0, whose terms are finite; they are zeroed below
+            a = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+            b = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+            sp_a, p = softplus_sigmoid(a)
+            sp_b, q = softplus_sigmoid(b)
+            kl = p * (a - b) + sp_b - sp_a
+            if ADAPTIVE:
+                d = tl.maximum(kl + beta * (sp_a - p * a), 0.0)
+                e = one_minus_exp_neg(d)
+                w, dw_de = adaptive_weight(e, gamma)
+                val = w * kl
+                factor = w + wgrad * kl * dw_de * (1.0 - e)
+            else:
+                val = kl
+                factor = 1.0
+            acc += tl.sum(tl.where(m2, val, 0.0), axis=1)
+            if WRITE_GRAD:
+                gr = g[:, None] * (q - p) * factor
+                tl.store(g_row[:, None] + cols[None, :], gr.to(grad_ptr.dtype.element_ty), mask=m2)
+        row = acc
+
+    v = row * t2 * wr
+    if WRITE_ROWS:
+        tl.store(out_ptr + rows, v.to(out_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.store(partial_ptr + pid, tl.sum(tl.where(rmask, v, 0.0), axis=0))
+
+
+def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, temperature: float,
+                     beta: float, gamma: float, softmax: bool, adaptive: bool, detach_weight: bool,
+                     reduction: str, eps: float, compute_grad: bool):
+    """(R, K) logits → (loss, grad_student). loss: () for mean/sum, (R,) for none, input dtype;
+    grad: (R, K) in the input dtype, or an empty tensor when compute_grad is False."""
+    R, K = s.shape
+    acc, tl_acc = _common.acc_types(s.dtype)
+    if s.stride(1) != 1:
+        s = s.contiguous()
+    if t.stride(1) != 1:
+        t = t.contiguous()
+    grad = s.new_empty((R, K)) if compute_grad else s.new_empty((0,))
+    if R == 0:
+        loss = s.new_zeros((0,) if reduction == "none" else ())
+        return loss, grad
+
+    T = float(temperature)
+    if reduction == "mean":
+        norm = (w.to(acc).sum() if w is not None
+                else torch.tensor(float(R), dtype=acc, device=s.device)).clamp_min(eps)
+    else:
+        norm = torch.ones((), dtype=acc, device=s.device)
+    consts = torch.cat([
+        torch.tensor([1.0 / T, T * T, beta, gamma, 0.0 if detach_weight else 1.0],
+                     dtype=acc, device=s.device),
+        (T / norm).reshape(1),
+    ])
+
+    block_k = _common.block_along(K, "K")
+    num_partials = triton.cdiv(R, _common.min_tile() // block_k)
+    partials = torch.zeros((num_partials,), dtype=acc, device=s.device)
+    out = s.new_empty((R,)) if reduction == "none" else partials
+
+    def grid(meta):
+        return (triton.cdiv(R, meta["TILE"] // block_k),)
+
+    wrap_triton(_row_loss_kernel)[grid](
+        s, t, w if w is not None else partials, consts, out, grad if compute_grad else partials,
+        partials, R, K, s.stride(0), t.stride(0),
+        HAS_WEIGHT=w is not None, SOFTMAX=softmax, ADAPTIVE=adaptive,
+        WRITE_ROWS=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc,
+        BLOCK_K=block_k, ONE_BLOCK=block_k >= K,
+    )
+    if reduction == "none":
+        return out, grad
+    total = partials.sum()
+    if reduction == "mean":
+        total = total / norm
+    return total.to(s.dtype), grad
