@@ -10,8 +10,9 @@ CUDA: ``torch.cuda.reset_peak_memory_stats()``, then ``max_memory_allocated() âˆ
 (the caching allocator's own accounting, in the benchmark process).
 
 CPU: PyTorch has no allocator statistics for CPU tensors (tracemalloc does not see them), and the
-process RSS high-water mark cannot be reset from Python in general, so each case runs in a short
-child process (``python -m benchmarks.memory``) that
+process RSS high-water mark cannot be reset from Python in general, so the measurements run in
+short child processes (``python -m benchmarks.memory``; run.py uses one per case, and a single
+one for --quick), each of which
   1. sets glibc malloc's mmap threshold to 64 KiB (``mallopt(M_MMAP_THRESHOLD)``): every tensor
      buffer is then its own mmap, returned to the OS when freed, so the RSS after a warm-up or
      after a previous size is not inflated by free-but-retained heap that the measured run could
@@ -129,26 +130,24 @@ def measure(case, size, variant: str, dtype, device, *, warmup: bool = True, res
     return out
 
 
-def _child_main(spec: dict) -> dict:
-    """Entry point of the child process: measure every requested (size, variant) of one case."""
+def _child_main(spec: dict) -> list:
+    """Entry point of the child process: measure every requested (case, size label, variant)."""
     mallopt_ok = set_malloc_mmap_threshold()
     torch.set_num_threads(spec["threads"])
-    case = CASES_BY_NAME[spec["case"]]
     dtype = getattr(torch, spec["dtype"])
     reset_ok = spec["reset_ok"]
-    sizes = {s.label: s for s in case.sizes}
-    results = {}
-    for label in spec["sizes"]:
-        for variant in spec["variants"]:
-            if variant == "compiled" and not reset_ok:
-                results.setdefault(label, {})[variant] = {
-                    "peak_extra_bytes": None, "method": "unavailable: VmHWM cannot be reset, "
-                    "the measurement would include compilation"}
-                continue
-            r = measure(case, sizes[label], variant, dtype, "cpu", warmup=reset_ok, reset_ok=reset_ok)
-            r["mallopt_mmap_threshold"] = mallopt_ok
-            results.setdefault(label, {})[variant] = r
-            gc.collect()
+    results = []
+    for case_name, label, variant in spec["items"]:
+        case = CASES_BY_NAME[case_name]
+        size = next(s for s in case.sizes if s.label == label)
+        if variant == "compiled" and not reset_ok:
+            r = {"peak_extra_bytes": None, "method": "unavailable: VmHWM cannot be reset, "
+                 "the measurement would include compilation"}
+        else:
+            r = measure(case, size, variant, dtype, "cpu", warmup=reset_ok, reset_ok=reset_ok)
+        r["mallopt_mmap_threshold"] = mallopt_ok
+        results.append([case_name, label, variant, r])
+        gc.collect()
     return results
 
 
@@ -171,25 +170,27 @@ def _child_env() -> dict:
     return env
 
 
-def measure_case_cpu(case, sizes, variants=VARIANTS, *, dtype="float32", threads=None,
-                     reset_ok: bool = True, timeout: float = 900) -> dict:
-    """{size label: {variant: result}} for one case, measured in child process(es)."""
+def measure_cpu(items, *, dtype="float32", threads=None, reset_ok: bool = True,
+                timeout: float = 900) -> dict:
+    """{(case, size label, variant): result} for items [(case name, size label, variant), ...].
+
+    With a resettable high-water mark all items share one child process (measured one after the
+    other, inputs freed in between); otherwise every item gets its own child.
+    """
     threads = threads or torch.get_num_threads()
-    base_spec = {"case": case.name, "dtype": dtype, "threads": threads, "reset_ok": reset_ok}
-    # with a resettable high-water mark one child serves the whole case; otherwise one per variant
-    groups = ([([s.label for s in sizes], list(variants))] if reset_ok else
-              [([s.label], [v]) for s in sizes for v in variants])
+    base_spec = {"dtype": dtype, "threads": threads, "reset_ok": reset_ok}
+    groups = [list(items)] if reset_ok else [[it] for it in items]
     results: dict = {}
-    for labels, vs in groups:
-        spec = dict(base_spec, sizes=labels, variants=vs)
+    for group in groups:
+        spec = dict(base_spec, items=[list(it) for it in group])
         proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", json.dumps(spec)],
                               env=_child_env(), capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"memory child for {case.name} failed (rc {proc.returncode}):\n"
+            raise RuntimeError(f"memory child for {group} failed (rc {proc.returncode}):\n"
                                f"{proc.stderr[-4000:]}")
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        for label, per_variant in json.loads(lines[-1]).items():
-            results.setdefault(label, {}).update(per_variant)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+        for case_name, label, variant, r in json.loads(lines[-1]):
+            results[(case_name, label, variant)] = r
     return results
 
 

@@ -382,13 +382,15 @@ def main(argv=None) -> dict:
                 "(includes the student gradient)" if reset_ok else
                 "peak RSS (VmHWM) − RSS after setup, one child per variant, no warm-up "
                 "(VmHWM not resettable on this kernel; compiled unavailable)")
-            for case in tqdm(cases, desc="memory", unit="case", file=sys.stderr):
-                sizes = case.sizes_for(args.quick)
-                mem = M.measure_case_cpu(case, sizes, dtype=args.dtype,
-                                         threads=torch.get_num_threads(), reset_ok=reset_ok)
-                for row in result["results"]:
-                    if row["case"] == case.name:
-                        row["memory"] = mem.get(row["size"])
+            rows = result["results"]
+            # one child per case (progress per case); the --quick run uses a single child
+            groups = [rows] if args.quick else [[r for r in rows if r["case"] == c.name] for c in cases]
+            for group in tqdm(groups, desc="memory", unit="child", file=sys.stderr):
+                items = [(r["case"], r["size"], v) for r in group for v in VARIANTS]
+                mem = M.measure_cpu(items, dtype=args.dtype, threads=torch.get_num_threads(),
+                                    reset_ok=reset_ok)
+                for r in group:
+                    r["memory"] = {v: mem[(r["case"], r["size"], v)] for v in VARIANTS}
 
     result["roofline"] = []
     bw = result["copy_bandwidth"]["bandwidth_Bps"]

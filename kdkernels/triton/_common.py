@@ -19,6 +19,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op
 
 # TRITON_INTERPRET=1 runs the kernels on the CPU through numpy (tests without a GPU). It is read
 # once, when these modules are imported, like triton.jit itself does.
@@ -97,6 +99,34 @@ def adaptive_weight(e, gamma):
     w = tl.where(gamma == 0.0, 1.0, w)
     dw_de = tl.where(e > 0.0, gamma * w / tl.where(e > 0.0, e, 1.0), 0.0)
     return w, dw_de
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration. On a GPU every op is a torch.library.triton_op: torch.compile sees the kernel
+# launches (through wrap_triton) and the fake kernel is the op body itself, where the launch is a
+# no-op. Under TRITON_INTERPRET=1, wrap_triton hands back the raw interpreted kernel (it cannot be
+# traced), so the op is an opaque torch.library.custom_op instead, with the op body as its fake
+# kernel and the launch skipped on fake tensors (skip_launch): torch.compile(fullgraph=True) then
+# keeps the op as one node and runs the interpreted kernels eagerly.
+
+def define_loss_op(qualname: str):
+    """Decorator: register fn (returning (loss, grad_student)) as op `qualname` with its autograd."""
+
+    def dec(fn):
+        if INTERPRET:
+            op = torch.library.custom_op(qualname, fn, mutates_args=())
+            op.register_fake(fn)
+        else:
+            op = triton_op(qualname, fn, mutates_args=())
+        register_grad_autograd(op, qualname)
+        return op
+
+    return dec
+
+
+def skip_launch(t: torch.Tensor) -> bool:
+    """True when a kernel must not run: interpreted kernels traced with fake tensors."""
+    return INTERPRET and is_fake(t)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, t
     T = float(temperature)
     if reduction == "mean":
         norm = (w.to(acc).sum() if w is not None
-                else torch.tensor(float(R), dtype=acc, device=s.device)).clamp_min(eps)
+                else torch.ones((), dtype=acc, device=s.device) * R).clamp_min(eps)
     else:
         norm = torch.ones((), dtype=acc, device=s.device)
     consts = torch.cat([
@@ -206,13 +206,14 @@ def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, t
     def grid(meta):
         return (triton.cdiv(R, meta["TILE"] // block_k),)
 
-    wrap_triton(_row_loss_kernel)[grid](
-        s, t, w if w is not None else partials, consts, out, grad if compute_grad else partials,
-        partials, R, K, s.stride(0), t.stride(0),
-        HAS_WEIGHT=w is not None, SOFTMAX=softmax, ADAPTIVE=adaptive,
-        WRITE_ROWS=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc,
-        BLOCK_K=block_k, ONE_BLOCK=block_k >= K,
-    )
+    if not _common.skip_launch(s):
+        wrap_triton(_row_loss_kernel)[grid](
+            s, t, w if w is not None else partials, consts, out, grad if compute_grad else partials,
+            partials, R, K, s.stride(0), t.stride(0),
+            HAS_WEIGHT=w is not None, SOFTMAX=softmax, ADAPTIVE=adaptive,
+            WRITE_ROWS=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc,
+            BLOCK_K=block_k, ONE_BLOCK=block_k >= K,
+        )
     if reduction == "none":
         return out, grad
     total = partials.sum()

@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.library import triton_op
 
-from ._common import needs_grad, register_grad_autograd
+from ._common import define_loss_op, needs_grad
 from ._row_losses import row_loss_forward
 
 QUALNAME = "kdkernels_triton::adaptive_distillation_loss"
 
 
-@triton_op(QUALNAME, mutates_args=())
+@define_loss_op(QUALNAME)
 def adaptive_distillation_loss_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                                   weight: Optional[torch.Tensor], temperature: float, beta: float,
                                   gamma: float, mode: str, detach_weight: bool, reduction: str,
@@ -27,9 +26,6 @@ def adaptive_distillation_loss_op(student_logits: torch.Tensor, teacher_logits: 
     torch.ops.kdkernels.adaptive_distillation_loss."""
     return row_loss_forward(student_logits, teacher_logits, weight, temperature, beta, gamma,
                             mode == "softmax", True, detach_weight, reduction, eps, compute_grad)
-
-
-register_grad_autograd(adaptive_distillation_loss_op, QUALNAME)
 
 
 def adaptive_distillation_loss_triton(s: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor],

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from . import _common
-from ._common import needs_grad, register_grad_autograd
+from ._common import define_loss_op, needs_grad
 
 QUALNAME = "kdkernels_triton::confidence_masked_mse"
 
@@ -55,7 +55,7 @@ def _masked_mse_kernel(
         tl.store(grad_ptr + off, (scale * md).to(grad_ptr.dtype.element_ty), mask=m2)
 
 
-@triton_op(QUALNAME, mutates_args=())
+@define_loss_op(QUALNAME)
 def confidence_masked_mse_op(student: torch.Tensor, teacher: torch.Tensor, confidence: torch.Tensor,
                              threshold: float, power: float, reduction: str, eps: float,
                              compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,20 +90,18 @@ def confidence_masked_mse_op(student: torch.Tensor, teacher: torch.Tensor, confi
     def grid(meta):
         return (triton.cdiv(N * C, meta["TILE"] // block_hw), grid_j)
 
-    wrap_triton(_masked_mse_kernel)[grid](
-        s, t, mask, scale, out, grad if compute_grad else partials, partials,
-        N * C, C, HW,
-        WRITE_OUT=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc, BLOCK_HW=block_hw,
-    )
+    if not _common.skip_launch(s):
+        wrap_triton(_masked_mse_kernel)[grid](
+            s, t, mask, scale, out, grad if compute_grad else partials, partials,
+            N * C, C, HW,
+            WRITE_OUT=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc, BLOCK_HW=block_hw,
+        )
     if reduction == "none":
         return out, grad
     total = partials.sum()
     if reduction == "mean":
         total = total / norm
     return total.to(s.dtype), grad
-
-
-register_grad_autograd(confidence_masked_mse_op, QUALNAME)
 
 
 def confidence_masked_mse_triton(student: torch.Tensor, teacher: torch.Tensor, conf: torch.Tensor,

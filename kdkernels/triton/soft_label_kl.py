@@ -8,24 +8,20 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.library import triton_op
 
-from ._common import needs_grad, register_grad_autograd
+from ._common import define_loss_op, needs_grad
 from ._row_losses import row_loss_forward
 
 QUALNAME = "kdkernels_triton::soft_label_kl"
 
 
-@triton_op(QUALNAME, mutates_args=())
+@define_loss_op(QUALNAME)
 def soft_label_kl_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                      weight: Optional[torch.Tensor], temperature: float, mode: str, reduction: str,
                      eps: float, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, K) logits → (loss, grad_student); same schema as torch.ops.kdkernels.soft_label_kl."""
     return row_loss_forward(student_logits, teacher_logits, weight, temperature, 0.0, 0.0,
                             mode == "softmax", False, True, reduction, eps, compute_grad)
-
-
-register_grad_autograd(soft_label_kl_op, QUALNAME)
 
 
 def soft_label_kl_triton(s: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor],

@@ -1,0 +1,49 @@
+"""Smoke test of the benchmark harness: `python -m benchmarks.run --device cpu --quick` runs and
+writes a JSON with every case and variant (positive times) and a PNG. No timing assertions."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not (REPO / "benchmarks" / "run.py").is_file(), reason="benchmarks/ not in this tree")
+def test_quick_benchmark_run(tmp_path):
+    if str(REPO) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
+        sys.path.insert(0, str(REPO))
+    from benchmarks.cases import CASES, MODES, VARIANTS
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    md = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--device", "cpu", "--quick", "--out", str(tmp_path),
+         "--markdown", str(md)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    json_path = tmp_path / "bench_cpu_float32.json"
+    png_path = tmp_path / "bench_cpu_float32.png"
+    assert json_path.is_file() and png_path.is_file() and png_path.stat().st_size > 0
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md.is_file() and "| case |" in md.read_text()
+
+    result = json.loads(json_path.read_text())
+    assert result["machine"]["torch"] and result["machine"]["kdkernels_build_info"]
+    assert result["copy_bandwidth"]["bandwidth_Bps"] > 0
+    rows = result["results"]
+    assert {r["case"] for r in rows} == {c.name for c in CASES}
+    for row in rows:
+        for variant in VARIANTS:
+            for mode in MODES:
+                stats = row["variants"][variant][mode]
+                assert stats["median"] > 0 and all(t > 0 for t in stats["samples"]), (row["case"], variant, mode)
+            peak = row["memory"][variant]["peak_extra_bytes"]
+            assert peak is None or peak >= 0
+    assert result["roofline"] and all(rf["fraction_of_copy_bw"]["kdkernels"] > 0 for rf in result["roofline"])
