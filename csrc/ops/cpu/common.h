@@ -67,6 +67,19 @@ inline bool parse_softmax(c10::string_view mode, const char* op) {
   return mode == "softmax";
 }
 
+// Parameters of the row-wise losses (soft_label_kl, adaptive_distillation_loss), any backend.
+struct RowLossArgs {
+  double temperature;
+  bool softmax;
+  bool adaptive;
+  double beta;
+  double gamma;
+  bool detach_weight;
+  Reduction reduction;
+  double eps;
+  bool compute_grad;
+};
+
 inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -155,18 +155,6 @@ void rows(const acc_t* s, const acc_t* t, int64_t n, int64_t K, const RowConsts<
   }
 }
 
-struct RowLossArgs {
-  double temperature;
-  bool softmax;
-  bool adaptive;
-  double beta;
-  double gamma;
-  bool detach_weight;
-  Reduction reduction;
-  double eps;
-  bool compute_grad;
-};
-
 // Drives rows() over (R, K) logits in fixed blocks of rows; returns (loss, grad of the loss).
 std::tuple<at::Tensor, at::Tensor> row_loss_cpu(const at::Tensor& student,
                                                 const at::Tensor& teacher,
