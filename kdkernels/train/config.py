@@ -1,0 +1,210 @@
+"""Trainer configuration: dataclasses loaded from YAML with `--set key=value` overrides.
+
+Unknown keys, wrong types and out-of-range values raise ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"                 # folder made by `kdkernels-train make-data`
+    train_images: str = "images/train"
+    train_ann: str = "annotations/instances_train.json"
+    unlabeled_images: typing.Optional[str] = "images/unlabeled"   # null: no unlabeled data
+    unlabeled_list: typing.Optional[str] = None  # JSON list of file names (label-scarce split)
+    val_images: str = "images/val"
+    val_ann: str = "annotations/instances_val.json"
+    image_size: int = 96
+    cache_images: bool = True
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "retinanet"                      # retinanet | fcos
+    teacher: str = "demo-teacher"
+    student: str = "demo-student"
+    anchor_sizes: typing.List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    teacher_backbone_weights: typing.Optional[str] = None   # local file; nothing is downloaded
+    student_backbone_weights: typing.Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 600
+    batch_size: int = 8
+    unlabeled_batch_size: int = 8
+    unlabeled_every: int = 2                     # one unlabeled step after every k labeled ones (0: none)
+    optimizer: str = "sgd"                       # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50
+    grad_clip: float = 10.0
+    hflip: bool = True
+    log_every: int = 20
+    ckpt_every: int = 100
+    amp: str = "auto"                            # auto (bf16 on CUDA) | bf16 | off
+    device: str = "auto"                         # auto | cpu | cuda
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = 2.0
+    kl_weight: float = 1.0                       # λ_kl: soft-label KL on class logits
+    kl_confidence_weighting: bool = True         # weight rows by teacher confidence (False: uniform)
+    feat_weight: float = 1.0                     # λ_feat: FPN feature imitation
+    feat_region: str = "confidence"              # confidence (label-free) | gt (inside GT boxes)
+    feat_threshold: float = 0.3                  # τ
+    feat_power: float = 1.0                      # α: mask weight conf^α
+    loc_weight: float = 1.0                      # λ_loc: box-regression imitation
+    loc_threshold: float = 0.3
+    unlabeled_loss: str = "adl"                  # adl | kl (on unlabeled batches)
+    adl_weight: float = 1.0
+    adl_beta: float = 1.0
+    adl_gamma: float = 2.0
+    adl_variant: str = "paper"                   # paper (KL) | code (KL + H, authors' Caffe2 op)
+    teacher_checkpoint: typing.Optional[str] = None   # default: <out_dir>/teacher/model.pt
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    score_thresh: float = 0.05
+    detections_per_img: int = 100
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    out_dir: str = "runs/demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.arch": ("retinanet", "fcos"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.amp": ("auto", "bf16", "off"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "distill.feat_region": ("confidence", "gt"),
+    "distill.unlabeled_loss": ("adl", "kl"),
+    "distill.adl_variant": ("paper", "code"),
+}
+POSITIVE = {"data.image_size", "train.iterations", "train.batch_size", "train.lr", "train.log_every",
+            "train.ckpt_every", "distill.temperature", "eval.batch_size"}
+NON_NEGATIVE = {"train.unlabeled_batch_size", "train.unlabeled_every", "train.warmup_iters",
+                "train.weight_decay", "train.momentum", "train.grad_clip", "distill.kl_weight",
+                "distill.feat_weight", "distill.loc_weight", "distill.adl_weight", "distill.adl_beta",
+                "distill.adl_gamma", "distill.feat_power"}
+UNIT = {"distill.feat_threshold", "distill.loc_threshold", "eval.score_thresh"}
+
+
+def _check_type(value, tp, key):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _check_type(value, inner, key)
+    if origin in (list, typing.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = prefix + name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _check_type(value, tp, key)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    flat = {}
+    for section in ("data", "model", "train", "distill", "eval"):
+        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
+            flat[f"{section}.{k}"] = v
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
+    for key in POSITIVE:
+        if not flat[key] > 0:
+            raise ConfigError(f"{key} must be > 0, got {flat[key]!r}")
+    for key in NON_NEGATIVE:
+        if not flat[key] >= 0:
+            raise ConfigError(f"{key} must be >= 0, got {flat[key]!r}")
+    for key in UNIT:
+        if not 0 <= flat[key] <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {flat[key]!r}")
+    if not cfg.model.anchor_sizes or any(s <= 0 for s in cfg.model.anchor_sizes):
+        raise ConfigError(f"model.anchor_sizes must be positive sizes, got {cfg.model.anchor_sizes!r}")
+    return cfg
+
+
+def parse_override(text: str):
+    if "=" not in text:
+        raise ConfigError(f"override must look like key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path=None, overrides=()) -> Config:
+    """YAML file (or the packaged demo preset when None / a preset name) + dotted overrides."""
+    if path is None:
+        path = CONFIG_DIR / "demo.yaml"
+    elif not Path(path).exists() and (CONFIG_DIR / f"{path}.yaml").exists():
+        path = CONFIG_DIR / f"{path}.yaml"
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (presets: "
+                          f"{', '.join(p.stem for p in CONFIG_DIR.glob('*.yaml'))})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = value
+    return validate(_build(Config, data, ""))
