@@ -10,6 +10,9 @@ variants computing the same loss:
                                                              warm-up, never timed)
     kdkernels  kdkernels.<op>(...)                           the public op, backend "auto"
 
+and on CUDA, when the extension has its CUDA kernels (so that "auto" means "cuda") and triton is
+installed, a fourth one, ``triton`` = kdkernels.<op> under ``kdkernels.use_backend("triton")``.
+
 Inputs are built by ``Case.setup(size, dtype, device)``; the student requires grad, the teacher,
 the confidence and the weights do not (they are targets).
 """
@@ -23,7 +26,7 @@ import torch
 import kdkernels
 from kdkernels import reference
 
-VARIANTS = ("eager", "compiled", "kdkernels")
+VARIANTS = ("eager", "compiled", "kdkernels")   # the variants on every device
 MODES = ("fwd", "fwd+bwd")
 
 # Every size of every case compiles one static-shape graph of the same reference function (the
@@ -131,8 +134,14 @@ class Case:
             f = self.compiled()
         elif variant == "kdkernels":
             f = getattr(kdkernels, self.op)
+        elif variant == "triton":
+            op = getattr(kdkernels, self.op)
+
+            def f(*args, **kwargs):
+                with kdkernels.use_backend("triton"):
+                    return op(*args, **kwargs)
         else:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise ValueError(f"variant must be one of {VARIANTS + ('triton',)}, got {variant!r}")
 
         def loss(inp: Inputs) -> torch.Tensor:
             return f(inp.student, inp.teacher, *inp.extra, **inp.kwargs)
@@ -142,6 +151,15 @@ class Case:
 
     def sizes_for(self, quick: bool) -> tuple[Size, ...]:
         return tuple(s for s in self.sizes if s.quick) if quick else self.sizes
+
+
+def variants_for(device) -> tuple[str, ...]:
+    """The variants benchmarked on `device`: VARIANTS, plus "triton" on CUDA when it differs from auto."""
+    device = torch.device(device)
+    info = kdkernels.build_info()
+    if device.type == "cuda" and "cuda" in info["compiled_backends"] and info["triton"]:
+        return VARIANTS + ("triton",)
+    return VARIANTS
 
 
 def forward(fn: Callable[[Inputs], torch.Tensor], inp: Inputs) -> torch.Tensor:

@@ -17,15 +17,16 @@ one for --quick), each of which
      buffer is then its own mmap, returned to the OS when freed, so the RSS after a warm-up or
      after a previous size is not inflated by free-but-retained heap that the measured run could
      silently reuse;
-  2. builds the inputs, warms the variant up (fwd + bwd, twice for torch.compile), frees the loss
-     and the gradient;
+  2. builds the inputs, warms the variant up (fwd + bwd: twice per size for torch.compile, which
+     compiles each new shape; once per process for the others, whose first call initialises
+     lazily), frees the loss and the gradient;
   3. reads VmRSS from /proc/self/status, resets the high-water mark by writing "5" to
      /proc/self/clear_refs (Linux ≥ 4.0) and checks that VmHWM dropped to VmRSS;
   4. runs fwd + bwd once and reads VmHWM (peak RSS): extra = VmHWM − VmRSS(before).
 If the high-water mark cannot be reset (older kernel, no /proc), each (case, size, variant) runs
-in its own child without warm-up: the compile memory of torch.compile would then be counted, so
-its value is reported as unavailable. RSS counts touched pages only, in KiB; a buffer allocated
-but never written (torch.empty that is never filled) costs nothing, as on the machine itself.
+in its own child without warm-up (the value then includes first-call initialisation, a few MB);
+torch.compile's would include compilation, so it is reported as unavailable. RSS counts touched
+pages only, in KiB: a buffer allocated but never written costs nothing, as on the machine itself.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from .cases import CASES_BY_NAME, STEPS, VARIANTS
+from .cases import CASES_BY_NAME, STEPS
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -89,15 +90,15 @@ def _fwd_bwd(fn, inp):
     return STEPS["fwd+bwd"](fn, inp)
 
 
-def measure(case, size, variant: str, dtype, device, *, warmup: bool = True, reset_ok: bool = True) -> dict:
-    """Peak extra bytes of one fwd + bwd (see the module docstring). Runs in the calling process."""
+def measure(case, size, variant: str, dtype, device, *, warmup: int = 1, reset_ok: bool = True) -> dict:
+    """Peak extra bytes of one fwd + bwd (see the module docstring), after `warmup` untimed calls
+    (torch.compile gets at least 2: it compiles every new shape). Runs in the calling process."""
     device = torch.device(device)
     inp = case.setup(size, dtype, device)
     fn = case.fn(variant)
-    if warmup:
-        for _ in range(2 if variant == "compiled" else 1):
-            loss = _fwd_bwd(fn, inp)
-            del loss
+    for _ in range(max(warmup, 2) if variant == "compiled" and warmup else warmup):
+        loss = _fwd_bwd(fn, inp)
+        del loss
     inp.reset()
     gc.collect()
     if device.type == "cuda":
@@ -110,12 +111,9 @@ def measure(case, size, variant: str, dtype, device, *, warmup: bool = True, res
         method = "torch.cuda.max_memory_allocated"
     else:
         base = rss_bytes()
-        if reset_ok:
-            if not reset_hwm():
-                raise RuntimeError("VmHWM could not be reset")
-            before = hwm_bytes()
-        else:
-            before = hwm_bytes()
+        if reset_ok and not reset_hwm():
+            raise RuntimeError("VmHWM could not be reset")
+        before = hwm_bytes()
         loss = _fwd_bwd(fn, inp)
         peak = hwm_bytes()
         if reset_ok or peak > before:
@@ -137,6 +135,7 @@ def _child_main(spec: dict) -> list:
     dtype = getattr(torch, spec["dtype"])
     reset_ok = spec["reset_ok"]
     results = []
+    warmed = set()   # eager/kdkernels need one warm-up per process (lazy init), not one per size
     for case_name, label, variant in spec["items"]:
         case = CASES_BY_NAME[case_name]
         size = next(s for s in case.sizes if s.label == label)
@@ -144,7 +143,10 @@ def _child_main(spec: dict) -> list:
             r = {"peak_extra_bytes": None, "method": "unavailable: VmHWM cannot be reset, "
                  "the measurement would include compilation"}
         else:
-            r = measure(case, size, variant, dtype, "cpu", warmup=reset_ok, reset_ok=reset_ok)
+            first = (case_name, variant) not in warmed
+            warmed.add((case_name, variant))
+            warmup = 0 if not reset_ok else (2 if variant == "compiled" else int(first))
+            r = measure(case, size, variant, dtype, "cpu", warmup=warmup, reset_ok=reset_ok)
         r["mallopt_mmap_threshold"] = mallopt_ok
         results.append([case_name, label, variant, r])
         gc.collect()
@@ -153,9 +155,9 @@ def _child_main(spec: dict) -> list:
 
 def hwm_reset_supported() -> bool:
     """Whether this kernel lets a process reset its RSS high-water mark (checked in a child)."""
-    code = ("import sys; from benchmarks.memory import reset_hwm; "
-            "b = bytearray(64 << 20); b[::4096] = b'\\x01' * len(b[::4096]); del b; "
-            "sys.exit(0 if reset_hwm() else 1)")
+    code = ("import sys\nfrom benchmarks.memory import reset_hwm\nb = bytearray(64 << 20)\n"
+            "for i in range(0, len(b), 4096): b[i] = 1\n"   # touch the pages: RSS and VmHWM rise
+            "del b\nsys.exit(0 if reset_hwm() else 1)")
     try:
         return subprocess.run([sys.executable, "-c", code], env=_child_env(), timeout=60).returncode == 0
     except (OSError, subprocess.TimeoutExpired):

@@ -6,15 +6,19 @@ Conventions of every kernel in this package (Liger-Kernel style):
   (in the input dtype); the registered backward is one multiply by grad_output;
 - loads are widened to ACC (float32, or float64 for float64 inputs) and all sums run in ACC;
 - program ids are cast to int64 before any multiply by a stride or a row length;
-- scalars (1/T, T², β, γ, the gradient scale) travel in a small ACC tensor, not as kernel float
-  arguments (Triton passes Python floats as float32, which would round float64 runs), and the
-  normaliser of "mean" is a tensor computed with torch first, so nothing waits on the GPU;
+- scalars (T, β, γ) are kernel float arguments, each split in a float32 pair hi + lo (split_f64):
+  Triton passes Python floats as float32, and hi + lo summed in float64 restores them to ~1e-14
+  for float64 inputs (for float32 ACC, hi + lo rounds back to hi). No scalar is copied from the
+  host to the device, so a call never synchronises. The normaliser of "mean" (a weight or mask
+  sum) is a device tensor computed with torch first and read by the kernel, which then writes
+  the already-normalised gradient;
 - reductions are deterministic: one partial sum per program written to a buffer, summed by torch
   (no atomics). The order depends on the tile size the autotuner picked for the shape.
 """
 from __future__ import annotations
 
 import os
+import struct
 
 import torch
 import triton
@@ -26,24 +30,31 @@ from torch.library import triton_op
 # once, when these modules are imported, like triton.jit itself does.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# Largest tile along the reduced axis (K classes / H·W pixels). Rows longer than this loop over
-# it (online softmax). Tests lower it to exercise the loop on small shapes; it must stay <= the
-# smallest TILE of the autotune configs below.
-BLOCK_LIMITS = {"K": 1024, "HW": 1024}
-
-# TILE = elements per program (a BLOCK_R × BLOCK_K tile); BLOCK_R = TILE // BLOCK_K.
-_GPU_TILES = ((1024, 4), (2048, 8), (4096, 8))
+# TILE = elements per program (a BLOCK_R × BLOCK_K tile, BLOCK_R = TILE // BLOCK_K), with its
+# num_warps. Chosen from ptxas register counts for sm_90 (no spills; the row kernel's exp/log
+# temporaries need <= 8 elements per thread, the masked MSE <= 16):
+#   row kernel (fp32, ADL, grad): 512/4: 64 regs, 1024/8: 76, 2048/8: 108-171; 4096/8 spills.
+_GPU_TILES = {
+    "rows": ((512, 4), (1024, 4), (1024, 8), (2048, 8)),
+    "mse": ((1024, 4), (2048, 4), (4096, 8)),
+}
 _INTERPRET_TILE = 4096  # one config: the interpreter's cost is per op, so few big programs.
 
+# Largest block along the reduced axis (K classes / H·W pixels); longer rows loop over it (online
+# softmax for K). Must stay <= the smallest TILE of the kind. Tests lower it to exercise the loop
+# on small shapes.
+BLOCK_LIMITS = {"K": 512, "HW": 1024}
+_KIND = {"K": "rows", "HW": "mse"}
 
-def tile_configs() -> list:
+
+def tile_configs(kind: str) -> list:
     if INTERPRET:
         return [triton.Config({"TILE": _INTERPRET_TILE}, num_warps=4)]
-    return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _GPU_TILES]
+    return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _GPU_TILES[kind]]
 
 
-def min_tile() -> int:
-    return _INTERPRET_TILE if INTERPRET else min(tile for tile, _ in _GPU_TILES)
+def min_tile(kind: str) -> int:
+    return _INTERPRET_TILE if INTERPRET else min(tile for tile, _ in _GPU_TILES[kind])
 
 
 def next_pow2(n) -> int:
@@ -55,11 +66,18 @@ def next_pow2(n) -> int:
 
 
 def block_along(n, limit_key: str) -> int:
+    """Block along the reduced axis: next power of two of n, at most BLOCK_LIMITS[limit_key]."""
     block = min(next_pow2(n), BLOCK_LIMITS[limit_key])
-    if block > min_tile():
+    if block > min_tile(_KIND[limit_key]):
         raise ValueError(f"kdkernels.triton: BLOCK_LIMITS[{limit_key!r}] = {BLOCK_LIMITS[limit_key]} "
-                         f"exceeds the smallest tile {min_tile()}")
+                         f"exceeds the smallest tile {min_tile(_KIND[limit_key])}")
     return block
+
+
+def split_f64(value: float) -> tuple[float, float]:
+    """value = hi + lo with hi, lo float32 values (Triton's type for Python float arguments)."""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
+    return hi, value - hi
 
 
 def acc_types(dtype: torch.dtype):

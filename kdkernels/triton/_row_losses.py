@@ -8,7 +8,7 @@ Same math as csrc/ops/cpu/row_losses.h. On tempered logits a = t/T, b = s/T of o
   adaptive (ADL): D = max(KL + β H, 0), e = 1 − exp(−D), w = e^γ, loss = w · KL
       ∂loss/∂b = (q − p) · (w + γ KL e^(γ−1) exp(−D))   (second term dropped with detach_weight)
 Row loss = T² · (Σ over classes for sigmoid) · w_r;  ∂/∂s = (1/T) ∂/∂b · T² · w_r / norm
-         = T · (q − p) · factor · w_r / norm  ("scale" = T / norm below, norm = 1 unless "mean").
+         = T · (q − p) · factor · w_r / norm  (norm = 1 unless "mean").
 
 Derivation of the softmax gradient: ∂lse(b)/∂b_k = q_k and ∂Σ_j p_j (a_j − b_j)/∂b_k = −p_k, so
 ∂KL/∂b_k = q_k − p_k; H does not depend on b, so ∂D/∂b = ∂KL/∂b and
@@ -37,18 +37,22 @@ def _softmax_row_factor(kl, h, beta, gamma, wgrad, ADAPTIVE: tl.constexpr):
         d = tl.maximum(kl + beta * h, 0.0)
         e = one_minus_exp_neg(d)
         w, dw_de = adaptive_weight(e, gamma)
-        return w * kl, w + wgrad * kl * dw_de * tl.exp(-d)
+        row = w * kl
+        factor = w + wgrad * kl * dw_de * tl.exp(-d)
     else:
-        return kl, tl.full(kl.shape, 1.0, kl.dtype)
+        row = kl
+        factor = tl.full(kl.shape, 1.0, kl.dtype)
+    return row, factor
 
 
-@triton.autotune(configs=_common.tile_configs(),
+@triton.autotune(configs=_common.tile_configs("rows"),
                  key=["K", "BLOCK_K", "SOFTMAX", "ADAPTIVE", "WRITE_GRAD", "WRITE_ROWS"])
 @triton.jit
 def _row_loss_kernel(
-    s_ptr, t_ptr, w_ptr, consts_ptr, out_ptr, grad_ptr, partial_ptr,
+    s_ptr, t_ptr, w_ptr, norm_ptr, out_ptr, grad_ptr, partial_ptr,
     R, K, stride_s, stride_t,
-    HAS_WEIGHT: tl.constexpr, SOFTMAX: tl.constexpr, ADAPTIVE: tl.constexpr,
+    temp_hi, temp_lo, beta_hi, beta_lo, gamma_hi, gamma_lo, wgrad,
+    HAS_WEIGHT: tl.constexpr, HAS_NORM: tl.constexpr, SOFTMAX: tl.constexpr, ADAPTIVE: tl.constexpr,
     WRITE_ROWS: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
     BLOCK_K: tl.constexpr, ONE_BLOCK: tl.constexpr, TILE: tl.constexpr,
 ):
@@ -61,12 +65,16 @@ def _row_loss_kernel(
     t_row = t_ptr + rows * stride_t
     g_row = grad_ptr + rows * K  # the gradient is written contiguous (R, K)
 
-    inv_t = tl.load(consts_ptr + 0)
-    t2 = tl.load(consts_ptr + 1)
-    beta = tl.load(consts_ptr + 2)
-    gamma = tl.load(consts_ptr + 3)
-    wgrad = tl.load(consts_ptr + 4)
-    scale = tl.load(consts_ptr + 5)  # T / norm
+    temp = tl.cast(temp_hi, ACC) + tl.cast(temp_lo, ACC)  # see _common.split_f64
+    beta = tl.cast(beta_hi, ACC) + tl.cast(beta_lo, ACC)
+    gamma = tl.cast(gamma_hi, ACC) + tl.cast(gamma_lo, ACC)
+    wgrad = tl.cast(wgrad, ACC)
+    inv_t = 1.0 / temp
+    t2 = temp * temp
+    if HAS_NORM:
+        scale = temp / tl.load(norm_ptr).to(ACC)
+    else:
+        scale = temp
     if HAS_WEIGHT:
         wr = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(ACC)
     else:
@@ -186,20 +194,13 @@ def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, t
         loss = s.new_zeros((0,) if reduction == "none" else ())
         return loss, grad
 
-    T = float(temperature)
-    if reduction == "mean":
+    norm = None
+    if reduction == "mean":  # a device tensor: nothing waits for the GPU
         norm = (w.to(acc).sum() if w is not None
-                else torch.ones((), dtype=acc, device=s.device) * R).clamp_min(eps)
-    else:
-        norm = torch.ones((), dtype=acc, device=s.device)
-    consts = torch.cat([
-        torch.tensor([1.0 / T, T * T, beta, gamma, 0.0 if detach_weight else 1.0],
-                     dtype=acc, device=s.device),
-        (T / norm).reshape(1),
-    ])
+                else torch.full((), R, dtype=acc, device=s.device)).clamp_min(eps)
 
     block_k = _common.block_along(K, "K")
-    num_partials = triton.cdiv(R, _common.min_tile() // block_k)
+    num_partials = triton.cdiv(R, _common.min_tile("rows") // block_k)
     partials = torch.zeros((num_partials,), dtype=acc, device=s.device)
     out = s.new_empty((R,)) if reduction == "none" else partials
 
@@ -208,15 +209,17 @@ def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, t
 
     if not _common.skip_launch(s):
         wrap_triton(_row_loss_kernel)[grid](
-            s, t, w if w is not None else partials, consts, out, grad if compute_grad else partials,
-            partials, R, K, s.stride(0), t.stride(0),
-            HAS_WEIGHT=w is not None, SOFTMAX=softmax, ADAPTIVE=adaptive,
+            s, t, w if w is not None else partials, norm if norm is not None else partials, out,
+            grad if compute_grad else partials, partials, R, K, s.stride(0), t.stride(0),
+            *_common.split_f64(float(temperature)), *_common.split_f64(float(beta)),
+            *_common.split_f64(float(gamma)), 0.0 if detach_weight else 1.0,
+            HAS_WEIGHT=w is not None, HAS_NORM=norm is not None, SOFTMAX=softmax, ADAPTIVE=adaptive,
             WRITE_ROWS=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc,
             BLOCK_K=block_k, ONE_BLOCK=block_k >= K,
         )
     if reduction == "none":
         return out, grad
     total = partials.sum()
-    if reduction == "mean":
+    if norm is not None:
         total = total / norm
     return total.to(s.dtype), grad

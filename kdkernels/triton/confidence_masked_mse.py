@@ -23,13 +23,13 @@ from ._common import define_loss_op, needs_grad
 QUALNAME = "kdkernels_triton::confidence_masked_mse"
 
 
-@triton.autotune(configs=_common.tile_configs(),
+@triton.autotune(configs=_common.tile_configs("mse"),
                  key=["HW", "BLOCK_HW", "WRITE_OUT", "WRITE_GRAD"])
 @triton.jit
 def _masked_mse_kernel(
-    s_ptr, t_ptr, m_ptr, scale_ptr, out_ptr, grad_ptr, partial_ptr,
+    s_ptr, t_ptr, m_ptr, norm_ptr, out_ptr, grad_ptr, partial_ptr,
     NC, C, HW,
-    WRITE_OUT: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
+    HAS_NORM: tl.constexpr, WRITE_OUT: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
     BLOCK_HW: tl.constexpr, TILE: tl.constexpr,
 ):
     BLOCK_P: tl.constexpr = TILE // BLOCK_HW
@@ -51,7 +51,10 @@ def _masked_mse_kernel(
     else:
         tl.store(partial_ptr + pid_p * tl.num_programs(1) + pid_j, tl.sum(tl.sum(loss, axis=1), axis=0))
     if WRITE_GRAD:
-        scale = tl.load(scale_ptr)
+        if HAS_NORM:
+            scale = 2.0 / tl.load(norm_ptr).to(ACC)
+        else:
+            scale = 2.0
         tl.store(grad_ptr + off, (scale * md).to(grad_ptr.dtype.element_ty), mask=m2)
 
 
@@ -75,15 +78,12 @@ def confidence_masked_mse_op(student: torch.Tensor, teacher: torch.Tensor, confi
     conf = confidence.reshape(N, HW).to(acc)
     mask = conf if power == 1.0 else conf.pow(power)
     mask = (mask * (conf >= threshold)).contiguous()
-    if reduction == "mean":
-        norm = mask.sum().clamp_min(eps) * C
-    else:
-        norm = mask.new_ones(())
-    scale = (2.0 / norm).reshape(1)
+    # a device tensor, read by the kernel: nothing waits for the GPU
+    norm = mask.sum().clamp_min(eps) * C if reduction == "mean" else None
 
     block_hw = _common.block_along(HW, "HW")
     grid_j = triton.cdiv(HW, block_hw)
-    num_partials = triton.cdiv(N * C, _common.min_tile() // block_hw) * grid_j
+    num_partials = triton.cdiv(N * C, _common.min_tile("mse") // block_hw) * grid_j
     partials = torch.zeros((num_partials,), dtype=acc, device=s.device)
     out = torch.empty_like(s) if reduction == "none" else partials
 
@@ -92,14 +92,15 @@ def confidence_masked_mse_op(student: torch.Tensor, teacher: torch.Tensor, confi
 
     if not _common.skip_launch(s):
         wrap_triton(_masked_mse_kernel)[grid](
-            s, t, mask, scale, out, grad if compute_grad else partials, partials,
-            N * C, C, HW,
-            WRITE_OUT=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc, BLOCK_HW=block_hw,
+            s, t, mask, norm if norm is not None else partials, out,
+            grad if compute_grad else partials, partials, N * C, C, HW,
+            HAS_NORM=norm is not None, WRITE_OUT=reduction == "none", WRITE_GRAD=compute_grad,
+            ACC=tl_acc, BLOCK_HW=block_hw,
         )
     if reduction == "none":
         return out, grad
     total = partials.sum()
-    if reduction == "mean":
+    if norm is not None:
         total = total / norm
     return total.to(s.dtype), grad
 

@@ -1,0 +1,313 @@
+"""Detection data: a validated COCO-instances dataset, an unlabelled image folder, and the collate function.
+
+    ds = CocoDetection("data/synthetic/images/train", "data/synthetic/annotations/instances_train.json")
+    image, target = ds[0]     # float32 (3, H, W) in [0, 1]; {"boxes": (n, 4) xyxy, "labels": (n,), "image_id"}
+    val = CocoDetection(".../images/val", ".../annotations/instances_val.json", category_ids=ds.category_ids)
+    unl = ImageFolder("data/synthetic/images/unlabeled")
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate)
+
+Every annotation is checked when the dataset is built, so bad data fails at once with the file and
+the record named: invalid JSON (``ValueError`` with the line/column), a missing image file
+(``FileNotFoundError`` with the path and image id), a box with negative size or outside its image, an
+unknown category or image id (``ValueError`` with the annotation id and image id). Crowd annotations
+(``iscrowd=1``) and boxes of zero width or height are skipped, as is the convention, and counted in
+``.skipped`` with one warning that sums them up.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["CocoDetection", "ImageFolder", "collate", "load_image", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+BOX_TOLERANCE = 0.5  # px a box may overhang its image (rounding in real annotation files); clipped
+
+
+def _load_uint8(path) -> np.ndarray:
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_image(path) -> torch.Tensor:
+    """RGB image file -> float32 tensor (3, H, W) in [0, 1]. FileNotFoundError / ValueError name the file."""
+    return _to_tensor(_load_uint8(path))
+
+
+def collate(batch):
+    """[(image, target), ...] -> ([image, ...], [target, ...]) (torchvision detection convention)."""
+    images, targets = [], []
+    for image, target in batch:
+        images.append(image)
+        targets.append(target)
+    return images, targets
+
+
+def _read_json(path):
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file not found: {path}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from None
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO instances file (bounding boxes) as a torch Dataset.
+
+    ``category_ids``: the label mapping to use (sorted; label k is the k-th smallest id); give the
+    training set's ``.category_ids`` to the validation set so labels agree. Default: every category of
+    the file. Labels are contiguous 0..K-1; ``label_to_category_id`` maps back for COCOeval.
+    ``cache_images`` keeps the decoded images in memory (as uint8) after the first load.
+    ``check_files`` checks at construction that every image file exists.
+    """
+
+    def __init__(self, images_dir, ann_file, *, category_ids=None, cache_images: bool = False,
+                 check_files: bool = True):
+        self.images_dir = Path(images_dir)
+        self.ann_file = Path(ann_file)
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"images folder not found: {self.images_dir} (for {self.ann_file})")
+        data = _read_json(self.ann_file)
+        where = str(self.ann_file)
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a COCO instances object, got {type(data).__name__}")
+        for key in ("images", "categories"):
+            if not isinstance(data.get(key), list):
+                raise ValueError(f"{where}: missing or non-list {key!r}")
+        if not isinstance(data.get("annotations", []), list):
+            raise ValueError(f"{where}: 'annotations' must be a list")
+        data.setdefault("annotations", [])
+
+        # categories
+        file_cats = {}
+        for k, c in enumerate(data["categories"]):
+            if not isinstance(c, dict) or not _is_int(c.get("id")):
+                raise ValueError(f"{where}: categories[{k}] has no integer 'id': {c!r}")
+            if c["id"] in file_cats:
+                raise ValueError(f"{where}: duplicate category id {c['id']}")
+            file_cats[c["id"]] = str(c.get("name", c["id"]))
+        if category_ids is None:
+            cat_ids = sorted(file_cats)
+        else:
+            cat_ids = sorted(int(c) for c in category_ids)
+            if len(set(cat_ids)) != len(cat_ids):
+                raise ValueError(f"category_ids has duplicates: {list(category_ids)}")
+            missing = [c for c in cat_ids if c not in file_cats]
+            if missing:
+                raise ValueError(f"{where}: category_ids {missing} are not among the file's categories "
+                                 f"{sorted(file_cats)}")
+        if not cat_ids:
+            raise ValueError(f"{where}: no categories")
+        self.category_ids = cat_ids
+        self.class_names = [file_cats[c] for c in cat_ids]
+        self.num_classes = len(cat_ids)
+        self._cat_to_label = {c: k for k, c in enumerate(cat_ids)}
+
+        # images
+        images = {}
+        for k, im in enumerate(data["images"]):
+            if not isinstance(im, dict) or not _is_int(im.get("id")):
+                raise ValueError(f"{where}: images[{k}] has no integer 'id': {im!r}")
+            iid = im["id"]
+            if iid in images:
+                raise ValueError(f"{where}: duplicate image id {iid}")
+            if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+                raise ValueError(f"{where}: image id {iid} has no 'file_name'")
+            for dim in ("width", "height"):
+                if not _is_number(im.get(dim)) or im[dim] <= 0:
+                    raise ValueError(f"{where}: image id {iid} ({im['file_name']}) has no positive {dim!r}: "
+                                     f"{im.get(dim)!r}")
+            if check_files and not (self.images_dir / im["file_name"]).is_file():
+                raise FileNotFoundError(f"{where}: image file not found: {self.images_dir / im['file_name']} "
+                                        f"(image id {iid})")
+            images[iid] = im
+
+        # annotations
+        boxes = {iid: [] for iid in images}
+        labels = {iid: [] for iid in images}
+        skipped = {}
+        seen = set()
+        for k, a in enumerate(data["annotations"]):
+            if not isinstance(a, dict) or not _is_int(a.get("id")):
+                raise ValueError(f"{where}: annotations[{k}] has no integer 'id': {a!r}")
+            aid = a["id"]
+            if aid in seen:
+                raise ValueError(f"{where}: duplicate annotation id {aid}")
+            seen.add(aid)
+            iid = a.get("image_id")
+            rec = f"{where}: annotation id {aid} (image id {iid})"
+            if iid not in images:
+                raise ValueError(f"{rec}: unknown image id {iid!r}")
+            cid = a.get("category_id")
+            if cid not in file_cats:
+                raise ValueError(f"{rec}: unknown category id {cid!r} (file categories: {sorted(file_cats)})")
+            if cid not in self._cat_to_label:
+                raise ValueError(f"{rec}: category id {cid!r} ({file_cats[cid]}) is not in category_ids "
+                                 f"{self.category_ids}")
+            bbox = a.get("bbox")
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+                raise ValueError(f"{rec}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            x, y, w, h = (float(v) for v in bbox)
+            if w < 0 or h < 0:
+                raise ValueError(f"{rec}: bbox {list(bbox)} has negative width or height")
+            W, H = float(images[iid]["width"]), float(images[iid]["height"])
+            t = BOX_TOLERANCE
+            if x < -t or y < -t or x + w > W + t or y + h > H + t:
+                raise ValueError(f"{rec}: bbox {list(bbox)} [x, y, w, h] is outside the image "
+                                 f"({images[iid]['file_name']}, {W:g}x{H:g})")
+            a.setdefault("iscrowd", 0)  # COCOeval reads both; fill them for hand-made files
+            a.setdefault("area", w * h)
+            if a["iscrowd"]:
+                skipped["crowd"] = skipped.get("crowd", 0) + 1
+                continue
+            x0, y0 = max(x, 0.0), max(y, 0.0)
+            x1, y1 = min(x + w, W), min(y + h, H)
+            if w == 0 or h == 0 or x1 <= x0 or y1 <= y0:
+                skipped["degenerate"] = skipped.get("degenerate", 0) + 1
+                continue
+            boxes[iid].append((x0, y0, x1, y1))
+            labels[iid].append(self._cat_to_label[cid])
+        self.skipped = skipped
+        if skipped:
+            warnings.warn(f"{where}: skipped {sum(skipped.values())} annotations ("
+                          + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) + ")", stacklevel=2)
+
+        self.image_ids = sorted(images)
+        self._images = images
+        self._boxes = [torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4) for i in self.image_ids]
+        self._labels = [torch.tensor(labels[i], dtype=torch.int64) for i in self.image_ids]
+        self.num_annotations = sum(len(b) for b in self._boxes)
+        self.cache_images = cache_images
+        self._cache = {}
+
+        from pycocotools.coco import COCO
+        coco = COCO()
+        coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        self.coco = coco
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def label_to_category_id(self, label) -> int:
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"label must be in [0, {self.num_classes}), got {label}")
+        return self.category_ids[label]
+
+    def image_info(self, index) -> dict:
+        """The COCO image record of item ``index``."""
+        return self._images[self.image_ids[index]]
+
+    def _load(self, index) -> np.ndarray:
+        if index in self._cache:
+            return self._cache[index]
+        info = self.image_info(index)
+        path = self.images_dir / info["file_name"]
+        try:
+            arr = _load_uint8(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.ann_file}: image file not found: {path} (image id {info['id']})") from None
+        except ValueError as e:
+            raise ValueError(f"{self.ann_file}: image id {info['id']}: {e}") from e
+        if arr.shape[0] != info["height"] or arr.shape[1] != info["width"]:
+            raise ValueError(f"{self.ann_file}: image id {info['id']} ({path}) is {arr.shape[1]}x{arr.shape[0]}, "
+                             f"but the annotation file says {info['width']}x{info['height']}")
+        if self.cache_images:
+            self._cache[index] = arr
+        return arr
+
+    def __getitem__(self, index):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        index = index % len(self)
+        image = _to_tensor(self._load(index))
+        target = {"boxes": self._boxes[index].clone(), "labels": self._labels[index].clone(),
+                  "image_id": int(self.image_ids[index])}
+        return image, target
+
+    def __repr__(self):
+        return (f"CocoDetection({self.ann_file}, images={len(self)}, annotations={self.num_annotations}, "
+                f"classes={self.num_classes}, skipped={self.skipped})")
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Unlabelled images (png/jpg) in ``folder``, sorted by name, or the subset named by ``file_list``
+    (a list of file names relative to ``folder``, or the path of a JSON file holding such a list).
+    Items are ``(image, {"image_id": index, "file_name": name})``."""
+
+    def __init__(self, folder, *, file_list=None, cache_images: bool = False):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.folder}")
+        if file_list is None:
+            names = sorted(p.name for p in self.folder.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not names:
+                raise ValueError(f"image folder {self.folder} has no {'/'.join(IMAGE_EXTENSIONS)} images")
+        else:
+            source = "file_list"
+            if isinstance(file_list, (str, os.PathLike)):
+                source = str(file_list)
+                file_list = _read_json(file_list)
+                if not isinstance(file_list, list):
+                    raise ValueError(f"{source}: expected a JSON list of file names")
+            names = list(file_list)
+            if not names:
+                raise ValueError(f"{source} names no images (folder {self.folder})")
+            for n in names:
+                if not isinstance(n, str) or not (self.folder / n).is_file():
+                    raise FileNotFoundError(f"{source}: image file not found: {self.folder / str(n)}")
+        self.file_names = names
+        self.cache_images = cache_images
+        self._cache = {}
+
+    def __len__(self):
+        return len(self.file_names)
+
+    def __getitem__(self, index):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        index = index % len(self)
+        name = self.file_names[index]
+        arr = self._cache.get(index)
+        if arr is None:
+            arr = _load_uint8(self.folder / name)
+            if self.cache_images:
+                self._cache[index] = arr
+        return _to_tensor(arr), {"image_id": index, "file_name": name}
+
+    def __repr__(self):
+        return f"ImageFolder({self.folder}, images={len(self)})"
