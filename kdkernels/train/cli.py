@@ -1,6 +1,6 @@
 """kdkernels-train: make data, train teacher / baseline / distilled student, evaluate, run the demo.
 
-    kdkernels-train make-data                      # embedded synthetic COCO-format set → data/synthetic
+    kdkernels-train make-data [--config C]         # embedded synthetic COCO-format set → data.root
     kdkernels-train teacher  [--config C] [--set train.iterations=100] [--resume]
     kdkernels-train baseline [--config C] ...      # student, ground-truth loss only
     kdkernels-train distill  [--config C] ...      # student + confidence-based KD (+ unlabeled ADL)
@@ -34,34 +34,105 @@ def _add_config_args(p):
 
 
 def config_hash(cfg, mode: str) -> str:
-    """What a stage's result depends on (eval settings excluded)."""
+    """What a stage's result depends on (eval settings excluded; a distilled student also depends on
+    the teacher it learned from, through the teacher's own stamp)."""
     d = cfg.to_dict()
     d.pop("eval")
+    for k in ("num_threads", "log_every", "ckpt_every"):  # no effect on the trained model
+        d["train"].pop(k)
     d["mode"] = mode
     if mode != "distill":
         d.pop("distill")
+    else:
+        stamp = Path(cfg.distill.teacher_checkpoint or Path(cfg.out_dir) / "teacher" / "model.pt").with_name(
+            "config_hash.txt")
+        d["teacher_stamp"] = stamp.read_text().strip() if stamp.is_file() else None
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_data(cfg, *, seed: int | None = None) -> None:
+def synthetic_kwargs(cfg) -> dict:
+    """make_synthetic_coco's arguments from the config's data section."""
+    d = cfg.data
+    return dict(image_size=d.image_size, num_train=d.num_train, num_unlabeled=d.num_unlabeled, num_val=d.num_val,
+                classes=list(d.classes), seed=cfg.seed, label_fraction=d.label_fraction,
+                max_objects=d.max_objects, min_size=d.min_size, max_size_frac=d.max_size_frac,
+                max_occlusion=d.max_occlusion, overlap_prob=d.overlap_prob, clutter=d.clutter,
+                noise_std=d.noise_std)
+
+
+def _synthetic_differences(root: Path, want: dict):
+    """None when root holds no synthetic set of ours; else the list of settings that differ from `want`."""
+    try:
+        meta = json.loads((root / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("generator") != "kdkernels.train.synthetic":
+        return None
+    have = dict(meta.get("params", {}))
+    have["classes"] = meta.get("class_names")
+    diff = []
+    for k, v in want.items():
+        h = have.get(k)
+        same = (float(h) == float(v) if isinstance(h, (int, float)) and isinstance(v, (int, float))
+                and not isinstance(h, bool) else h == v)
+        if not same:
+            diff.append(k)
+    return diff
+
+
+def ensure_data(cfg, *, overwrite: bool = False, wait_seconds: float = 1800.0) -> None:
+    """Generate the synthetic set in data.root unless it is there with the config's settings.
+
+    A folder holding other data (an annotation file but no synthetic dataset.json) is used as is.
+    A synthetic set made with other settings is regenerated (with a message). Under torchrun only
+    rank 0 generates; the other ranks wait for it."""
     from .synthetic import make_synthetic_coco
     root = Path(cfg.data.root)
-    if (root / "dataset.json").is_file():
+    want = synthetic_kwargs(cfg)
+    diff = _synthetic_differences(root, want)
+    if diff == [] and not overwrite:
         return
-    print(f"[data] generating the synthetic set in {root}")
-    make_synthetic_coco(root, image_size=cfg.data.image_size, seed=cfg.seed if seed is None else seed)
+    ann = Path(cfg.data.train_ann)
+    ann = ann if ann.is_absolute() else root / ann
+    if diff is None and ann.is_file() and not overwrite:
+        return  # the user's own COCO data
+    if int(os.environ.get("RANK", "0")) != 0:
+        t0 = time.monotonic()
+        while _synthetic_differences(root, want) != []:
+            if time.monotonic() - t0 > wait_seconds:
+                raise TimeoutError(f"rank {os.environ.get('RANK')}: waited {wait_seconds:.0f} s for rank 0 to "
+                                   f"generate the data set in {root}")
+            time.sleep(1.0)
+        return
+    if diff:
+        print(f"[data] {root} was generated with other settings ({', '.join(diff)}): regenerating")
+    else:
+        print(f"[data] generating the synthetic set in {root}")
+    t0 = time.perf_counter()
+    info = make_synthetic_coco(root, overwrite=bool(diff) or overwrite, **want)
+    print(f"[data] {info['num_train']} train ({info['num_train_annotations']} boxes), {info['num_unlabeled']} "
+          f"unlabeled, {info['num_val']} val images, classes {', '.join(info['class_names'])} "
+          f"({time.perf_counter() - t0:.1f} s)")
 
 
-def run_stage(cfg, mode: str, *, resume: bool, force: bool = False) -> None:
-    from .trainer import model_dir, train
+def run_stage(cfg, mode: str, *, resume, force: bool = False) -> dict | None:
+    """Train one stage unless (force=False) it is already trained with this config.
+    resume: True (continue from the checkpoint; error if it was written with another config),
+    "compatible" (continue only if the checkpoint's config matches, else start over) or False."""
+    from .trainer import atomic_write_text, model_dir, train
     stamp = model_dir(cfg, mode) / "config_hash.txt"
+    want = config_hash(cfg, mode)
     done = (model_dir(cfg, mode) / "model.pt").is_file() and stamp.is_file()
-    if done and not force and stamp.read_text().strip() == config_hash(cfg, mode):
+    if done and not force and stamp.read_text().strip() == want:
         print(f"[{mode}] already trained with this config: {model_dir(cfg, mode) / 'model.pt'} (skipping)")
-        return
-    train(cfg, mode, resume=resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        stamp.write_text(config_hash(cfg, mode))
+        return None
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        stamp.unlink(missing_ok=True)
+    metrics = train(cfg, mode, resume=resume)
+    if main:
+        atomic_write_text(want, stamp)
+    return metrics
 
 
 def evaluate_models(cfg, which, *, device=None) -> dict:
@@ -69,7 +140,8 @@ def evaluate_models(cfg, which, *, device=None) -> dict:
 
     from .evaluate import evaluate
     from .report import ap_table, plot_ap_bars
-    from .trainer import load_model_file, model_dir, resolve_device, val_dataset
+    from .trainer import load_model_file, model_dir, resolve_device, set_threads, val_dataset
+    set_threads(cfg)
     device = device or resolve_device(cfg.train.device)
     val = val_dataset(cfg)
     names = {"teacher": f"teacher ({cfg.model.teacher})", "baseline": f"student baseline ({cfg.model.student})",
@@ -103,6 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-val", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--label-fraction", type=float, default=None)
+    p.add_argument("--overwrite", action="store_true", help="regenerate even if the set is already there")
     for mode in STAGES:
         p = sub.add_parser(mode, help=f"train the {mode} model")
         _add_config_args(p)
@@ -125,16 +198,47 @@ def main(argv=None) -> int:
         print(f"kdkernels-train: config error: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        return _run(args, cfg)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TimeoutError) as exc:
+        print(f"kdkernels-train {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _shutdown_distributed()
+
+
+def _shutdown_distributed():
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _run(args, cfg) -> int:
     if args.command == "make-data":
-        from .synthetic import make_synthetic_coco
-        kw = {k: v for k, v in dict(seed=args.seed, num_train=args.num_train, num_unlabeled=args.num_unlabeled,
-                                      num_val=args.num_val, num_classes=args.num_classes,
-                                      label_fraction=args.label_fraction).items() if v is not None}
-        kw.setdefault("seed", cfg.seed)
-        t0 = time.perf_counter()
-        info = make_synthetic_coco(Path(args.out or cfg.data.root), image_size=cfg.data.image_size, **kw)
-        print(json.dumps(info, indent=1, default=str))
-        print(f"[data] done in {time.perf_counter() - t0:.1f} s")
+        if args.out:
+            cfg.data.root = args.out
+        flags = dict(num_train=args.num_train, num_unlabeled=args.num_unlabeled, num_val=args.num_val,
+                     label_fraction=args.label_fraction)
+        for k, v in flags.items():
+            if v is not None:
+                setattr(cfg.data, k, v)
+        if args.num_classes is not None:
+            from .synthetic import CLASS_NAMES
+            if not 1 <= args.num_classes <= len(CLASS_NAMES):
+                raise ConfigError(f"--num-classes must be in [1, {len(CLASS_NAMES)}], got {args.num_classes}")
+            cfg.data.classes = list(CLASS_NAMES[:args.num_classes])
+        if args.seed is not None:
+            cfg.seed = args.seed
+        from .config import validate
+        validate(cfg)
+        if _synthetic_differences(Path(cfg.data.root), synthetic_kwargs(cfg)) == [] and not args.overwrite:
+            print(f"[data] {cfg.data.root} already holds the synthetic set with these settings "
+                  f"(--overwrite regenerates it)")
+        else:
+            ensure_data(cfg, overwrite=args.overwrite)
     elif args.command in STAGES:
         ensure_data(cfg)
         run_stage(cfg, args.command, resume=args.resume, force=True)
@@ -143,10 +247,14 @@ def main(argv=None) -> int:
     elif args.command == "demo":
         t0 = time.perf_counter()
         ensure_data(cfg)
+        stages = {}
         for mode in STAGES:
-            run_stage(cfg, mode, resume=not args.fresh, force=args.fresh)
+            t1 = time.perf_counter()
+            run_stage(cfg, mode, resume=False if args.fresh else "compatible", force=args.fresh)
+            stages[mode] = round(time.perf_counter() - t1, 1)
         results = evaluate_models(cfg, STAGES)
-        summary = {"wall_seconds": round(time.perf_counter() - t0, 1), "results": results}
+        summary = {"wall_seconds": round(time.perf_counter() - t0, 1), "stage_seconds": stages,
+                   "results": results, "config": cfg.to_dict()}
         (Path(cfg.out_dir) / "demo.json").write_text(json.dumps(summary, indent=1))
         print(f"[demo] finished in {summary['wall_seconds']:.0f} s; tables and plots in {cfg.out_dir}/")
     elif args.command == "step-bench":

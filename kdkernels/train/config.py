@@ -12,6 +12,9 @@ from pathlib import Path
 import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# the generator's first 8 shapes (kdkernels.train.synthetic.CLASS_NAMES[:8]), look-alikes included
+DEFAULT_CLASSES = ("circle", "ring", "square", "hollow_square", "triangle", "cross", "diamond", "ellipse")
+SHAPES = DEFAULT_CLASSES + ("star", "hexagon")
 
 
 class ConfigError(ValueError):
@@ -29,6 +32,21 @@ class DataConfig:
     val_ann: str = "annotations/instances_val.json"
     image_size: int = 96
     cache_images: bool = True
+    # The synthetic set's generator knobs (`make-data`, and the automatic generation when data.root
+    # holds no data yet); ignored for other COCO data. Defaults: the hard set (8 shapes incl.
+    # look-alikes, objects from 6 px, clutter, occlusion); the demo preset makes an easier one.
+    num_train: int = 1000
+    num_unlabeled: int = 1000
+    num_val: int = 300
+    classes: typing.List[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    label_fraction: float = 1.0                  # labeled share of the train split (rest → unlabeled_list)
+    max_objects: int = 6
+    min_size: float = 6.0                        # px, smallest object side
+    max_size_frac: float = 0.45                  # largest object side as a fraction of image_size
+    max_occlusion: float = 0.7                   # more hidden than this: drawn but not annotated
+    overlap_prob: float = 0.35                   # chance an object is placed next to an earlier one
+    clutter: float = 1.0                         # clutter amount (lines, arcs, blobs), 0 = none
+    noise_std: float = 0.04                      # pixel noise
 
 
 @dataclass
@@ -37,6 +55,7 @@ class ModelConfig:
     teacher: str = "demo-teacher"
     student: str = "demo-student"
     anchor_sizes: typing.List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    head_norm: bool = False                      # GroupNorm in the RetinaNet head (torchvision's v2 head)
     teacher_backbone_weights: typing.Optional[str] = None   # local file; nothing is downloaded
     student_backbone_weights: typing.Optional[str] = None
 
@@ -58,6 +77,7 @@ class TrainConfig:
     ckpt_every: int = 100
     amp: str = "auto"                            # auto (bf16 on CUDA) | bf16 | off
     device: str = "auto"                         # auto | cpu | cuda
+    num_threads: int = 0                         # CPU threads for torch (0: torch's default, one per core)
 
 
 @dataclass
@@ -109,13 +129,14 @@ CHOICES = {
     "distill.unlabeled_loss": ("adl", "kl"),
     "distill.adl_variant": ("paper", "code"),
 }
-POSITIVE = {"data.image_size", "train.iterations", "train.batch_size", "train.lr", "train.log_every",
+POSITIVE = {"data.image_size", "data.num_train", "data.num_val", "data.max_objects", "data.max_size_frac",
+            "train.iterations", "train.batch_size", "train.lr", "train.log_every",
             "train.ckpt_every", "distill.temperature", "eval.batch_size"}
-NON_NEGATIVE = {"train.unlabeled_batch_size", "train.unlabeled_every", "train.warmup_iters",
+NON_NEGATIVE = {"train.num_threads", "data.num_unlabeled", "data.clutter", "data.noise_std", "train.unlabeled_batch_size", "train.unlabeled_every", "train.warmup_iters",
                 "train.weight_decay", "train.momentum", "train.grad_clip", "distill.kl_weight",
                 "distill.feat_weight", "distill.loc_weight", "distill.adl_weight", "distill.adl_beta",
                 "distill.adl_gamma", "distill.feat_power"}
-UNIT = {"distill.feat_threshold", "distill.loc_threshold", "eval.score_thresh"}
+UNIT = {"data.max_size_frac", "data.max_occlusion", "data.overlap_prob", "distill.feat_threshold", "distill.loc_threshold", "eval.score_thresh"}
 
 
 def _check_type(value, tp, key):
@@ -173,6 +194,19 @@ def validate(cfg: Config) -> Config:
     for key in UNIT:
         if not 0 <= flat[key] <= 1:
             raise ConfigError(f"{key} must be in [0, 1], got {flat[key]!r}")
+    d = cfg.data
+    if not 0 < d.label_fraction <= 1:
+        raise ConfigError(f"data.label_fraction must be in (0, 1], got {d.label_fraction!r}")
+    if not d.classes:
+        raise ConfigError("data.classes must name at least one shape")
+    for name in d.classes:
+        if name not in SHAPES:
+            raise ConfigError(f"data.classes: unknown shape {name!r} (shapes: {', '.join(SHAPES)})")
+    if len(set(d.classes)) != len(d.classes):
+        raise ConfigError(f"data.classes has duplicates: {d.classes}")
+    if not 2 <= d.min_size <= d.max_size_frac * d.image_size:
+        raise ConfigError(f"data.min_size must be in [2, data.max_size_frac * data.image_size = "
+                          f"{d.max_size_frac * d.image_size:g}], got {d.min_size!r}")
     if not cfg.model.anchor_sizes or any(s <= 0 for s in cfg.model.anchor_sizes):
         raise ConfigError(f"model.anchor_sizes must be positive sizes, got {cfg.model.anchor_sizes!r}")
     return cfg

@@ -30,7 +30,7 @@ def run_step_bench(cfg, *, repeats: int = 10, out=None) -> dict:
     device = resolve_device(cfg.train.device)
     data = labeled_dataset(cfg)
     k = data.num_classes
-    mk = dict(arch=cfg.model.arch, anchor_sizes=tuple(cfg.model.anchor_sizes))
+    mk = dict(arch=cfg.model.arch, anchor_sizes=tuple(cfg.model.anchor_sizes), head_norm=cfg.model.head_norm)
     student = build_detector(cfg.model.student, k, cfg.data.image_size, **mk).to(device).train()
     teacher = build_detector(cfg.model.teacher, k, cfg.data.image_size, **mk).to(device).eval()
     adapter = FeatureAdapter(student.backbone.out_channels, teacher.backbone.out_channels).to(device)

@@ -245,7 +245,7 @@ def _render(rng, p, xx, yy):
             cx, cy = rng.uniform(0, S, 2)
         cx = float(np.clip(cx, half, S - half))
         cy = float(np.clip(cy, half, S - half))
-        outer, hole, rot = _shape(rng, CLASS_NAMES[cls])
+        outer, hole, rot = _shape(rng, p["names"][cls])
         outer, hole = _place(outer, hole, rot, cx, cy, size)
         polys = [(outer, 255)] + ([] if hole is None else [(hole, 0)])
         alpha, mask = _hires_mask(S, polys)
@@ -309,13 +309,17 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
                         num_val: int = 300, num_classes: int = 8, seed: int = 0, label_fraction: float = 1.0,
                         max_objects: int = 6, min_size: float = 6.0, max_size_frac: float = 0.45,
                         max_occlusion: float = 0.7, overlap_prob: float = 0.35, clutter: float = 1.0,
-                        noise_std: float = 0.04, overwrite: bool = False) -> dict:
+                        noise_std: float = 0.04, classes=None, overwrite: bool = False) -> dict:
     """Write a synthetic COCO detection set under ``out_dir`` (see the module docstring); return paths and counts.
 
     ``label_fraction`` in (0, 1]: that fraction of the train images (at least one, chosen with the seed)
     keeps its annotations in instances_train.json; the rest are listed in
     annotations/train_unlabeled_images.json. ``out_dir`` must be empty or absent unless ``overwrite``,
     which deletes the images/, annotations/ and dataset.json a previous call wrote there.
+    ``classes``: shape names from ``CLASS_NAMES`` to use instead of the first ``num_classes``
+    (``num_classes`` is then ``len(classes)``); each keeps its own category id from ``CATEGORY_IDS``.
+    Easier sets for quick demos: distinct shapes (e.g. circle, square, triangle, cross), a larger
+    ``min_size``, less ``clutter``, ``overlap_prob`` and ``max_occlusion``.
     """
     S = _check_int(image_size, "image_size", 16)
     num_train = _check_int(num_train, "num_train", 0)
@@ -324,6 +328,16 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
     num_classes = _check_int(num_classes, "num_classes", 1)
     seed = _check_int(seed, "seed", 0)
     max_objects = _check_int(max_objects, "max_objects", 1)
+    if classes is not None:
+        if isinstance(classes, str) or not all(isinstance(c, str) for c in classes) or not len(classes):
+            raise ValueError(f"classes must be a non-empty list of shape names, got {classes!r}")
+        classes = list(classes)
+        bad = [c for c in classes if c not in CLASS_NAMES]
+        if bad:
+            raise ValueError(f"classes: unknown shape {bad[0]!r} (shapes available: {', '.join(CLASS_NAMES)})")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes has duplicates: {classes}")
+        num_classes = len(classes)
     if num_classes > len(CLASS_NAMES):
         raise ValueError(f"num_classes must be <= {len(CLASS_NAMES)} (shapes available: {', '.join(CLASS_NAMES)}), "
                          f"got {num_classes}")
@@ -334,6 +348,10 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
                          f"max_size_frac * image_size={max_size_frac * S}")
     if not 0 <= max_occlusion <= 1:
         raise ValueError(f"max_occlusion must be in [0, 1], got {max_occlusion!r}")
+    if not 0 <= overlap_prob <= 1:
+        raise ValueError(f"overlap_prob must be in [0, 1], got {overlap_prob!r}")
+    if not clutter >= 0 or not noise_std >= 0:
+        raise ValueError(f"clutter and noise_std must be >= 0, got clutter={clutter!r}, noise_std={noise_std!r}")
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -350,10 +368,12 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
                   num_classes=num_classes, seed=seed, label_fraction=float(label_fraction),
                   max_objects=max_objects, min_size=float(min_size), max_size_frac=float(max_size_frac),
                   max_occlusion=float(max_occlusion), overlap_prob=float(overlap_prob), clutter=float(clutter),
-                  noise_std=float(noise_std))
+                  noise_std=float(noise_std), classes=classes)
+    names = classes if classes is not None else list(CLASS_NAMES[:num_classes])
+    render_params = {**params, "names": names}  # _render draws class index k as shape names[k]
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
-    cat_ids = list(CATEGORY_IDS[:num_classes])
-    categories = [{"id": cid, "name": CLASS_NAMES[k], "supercategory": "shape"} for k, cid in enumerate(cat_ids)]
+    cat_ids = [CATEGORY_IDS[CLASS_NAMES.index(n)] for n in names]
+    categories = [{"id": cid, "name": n, "supercategory": "shape"} for n, cid in zip(names, cat_ids)]
 
     t0 = time.perf_counter()
 
@@ -361,7 +381,7 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
         recs = []
         for i in range(n):
             rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
-            arr, anns = _render(rng, params, xx, yy)
+            arr, anns = _render(rng, render_params, xx, yy)
             name = f"{i:06d}.png"
             Image.fromarray(arr).save(dirs[split] / name, format="PNG")
             recs.append((i + 1, name, anns))
@@ -410,9 +430,9 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
         "num_val_annotations": n_val_anns, "num_classes": num_classes,
     }
     meta = {"generator": "kdkernels.train.synthetic", "generator_version": GENERATOR_VERSION, "params": params,
-            "category_ids": cat_ids, "class_names": list(CLASS_NAMES[:num_classes]), "counts": counts}
+            "category_ids": cat_ids, "class_names": list(names), "counts": counts}
     _write_json(paths["dataset_json"], meta)
-    return {**paths, **counts, "category_ids": cat_ids, "class_names": list(CLASS_NAMES[:num_classes]),
+    return {**paths, **counts, "category_ids": cat_ids, "class_names": list(names),
             "params": params, "seconds": seconds}
 
 

@@ -55,6 +55,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(cfg: Config) -> None:
+    """train.num_threads > 0: use that many CPU threads (torchrun sets OMP_NUM_THREADS=1 per process)."""
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+
+
 def autocast_for(cfg: Config, device: torch.device):
     use = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if use else nullcontext()
@@ -147,8 +153,9 @@ def make_optimizer(cfg: Config, params):
     params = [p for p in params if p.requires_grad]
     if cfg.train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                               weight_decay=cfg.train.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+                               weight_decay=cfg.train.weight_decay, foreach=True)
+    # foreach: one fused update per step instead of a Python loop over the tensors (CPU default is the loop)
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True)
 
 
 def seed_everything(seed: int):
@@ -197,7 +204,7 @@ def load_model_file(path: Path, cfg: Config, preset: str, num_classes: int, devi
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = build_detector(state.get("preset", preset), state.get("num_classes", num_classes),
                            cfg.data.image_size, arch=cfg.model.arch,
-                           anchor_sizes=tuple(cfg.model.anchor_sizes),
+                           anchor_sizes=tuple(cfg.model.anchor_sizes), head_norm=cfg.model.head_norm,
                            score_thresh=cfg.eval.score_thresh,
                            detections_per_img=cfg.eval.detections_per_img)
     model.load_state_dict(state["model"])
@@ -220,10 +227,48 @@ class StudentWithAdapter(nn.Module):
 
 
 # ----------------------------------------------------------------------------- training
+_STEP_HOOK = None  # tests: called as hook(mode, iteration) before every step (e.g. to simulate a crash)
+
+# settings that may change between a checkpoint and --resume
+RESUME_FREE = {"train.iterations", "train.log_every", "train.ckpt_every", "train.device", "train.num_threads"}
+
+
+def _file_id(path) -> list | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def resume_differences(state: dict, cfg: Config, mode: str, teacher_id=None) -> list:
+    """The config keys (and 'teacher') in which a checkpoint differs from this run; [] if it can resume."""
+    have, want = _flatten(state.get("config", {})), _flatten(cfg.to_dict())
+    skip = RESUME_FREE | {k for k in want if k.startswith("eval.")}
+    if mode != "distill":
+        skip |= {k for k in want if k.startswith("distill.")}
+    diff = sorted(k for k in set(have) | set(want) if k not in skip and have.get(k) != want.get(k))
+    if state.get("mode", mode) != mode:
+        diff.insert(0, "mode")
+    if mode == "distill" and state.get("teacher_id") != teacher_id:
+        diff.append("teacher (the teacher model file changed)")
+    return diff
+
 def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True) -> dict:
     """Train the teacher, the baseline student or the distilled student; returns the run's metrics."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    set_threads(cfg)
     device = resolve_device(cfg.train.device)
     env = Dist(device)
     device = env.device
@@ -238,10 +283,12 @@ def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     detector = build_detector(preset, num_classes, cfg.data.image_size, arch=cfg.model.arch,
                               anchor_sizes=tuple(cfg.model.anchor_sizes), weights_path=weights,
+                              head_norm=cfg.model.head_norm,
                               score_thresh=cfg.eval.score_thresh,
                               detections_per_img=cfg.eval.detections_per_img).to(device)
     teacher = adapter = None
     unlabeled = None
+    tpath = None
     if mode == "distill":
         tpath = Path(cfg.distill.teacher_checkpoint or model_dir(cfg, "teacher") / "model.pt")
         teacher = load_model_file(tpath, cfg, cfg.model.teacher, num_classes, device).eval()
@@ -256,16 +303,27 @@ def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True
         wrapped = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
     optimizer = make_optimizer(cfg, module.parameters())
 
-    history, start = [], 0
+    teacher_id = _file_id(tpath) if mode == "distill" else None
+    history, start, seconds_before = [], 0, 0.0
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["iteration"], state["history"]
-        torch.set_rng_state(state["rng"])
-        if env.main:
-            print(f"[{mode}] resumed from {ckpt_path} at iteration {start}")
-    elif resume and env.main:
+        diff = resume_differences(state, cfg, mode, teacher_id)
+        if diff and resume == "compatible":
+            if env.main:
+                print(f"[{mode}] checkpoint {ckpt_path} was written with other settings ({', '.join(diff)}): "
+                      f"starting from scratch")
+        elif diff:
+            raise ValueError(f"--resume: {ckpt_path} was written with other settings ({', '.join(diff)}); "
+                             f"run with the same config (train.iterations may change) or without --resume")
+        else:
+            module.load_state_dict(state["module"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, history = state["iteration"], state["history"]
+            seconds_before = state.get("train_seconds", 0.0)
+            torch.set_rng_state(state["rng"])
+            if env.main:
+                print(f"[{mode}] resumed from {ckpt_path} at iteration {start}")
+    elif resume is True and env.main:
         print(f"[{mode}] --resume: no checkpoint at {ckpt_path}, starting from scratch")
 
     labeled_stream = BatchStream(train_set, cfg.train.batch_size, cfg.seed, env.rank, env.world, cfg.data.cache_images)
@@ -276,7 +334,8 @@ def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True
         if env.main:
             atomic_save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                          "iteration": it, "history": history, "rng": torch.get_rng_state(),
-                         "config": cfg.to_dict(), "mode": mode}, ckpt_path)
+                         "config": cfg.to_dict(), "mode": mode, "teacher_id": teacher_id,
+                         "train_seconds": seconds_before + time.perf_counter() - t0}, ckpt_path)
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.train.iterations), desc=mode, initial=start, total=cfg.train.iterations,
@@ -284,6 +343,8 @@ def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True
     running: dict = {}
     u_every = cfg.train.unlabeled_every
     for it in bar:
+        if _STEP_HOOK is not None:
+            _STEP_HOOK(mode, it)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, it)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + it)
@@ -326,8 +387,8 @@ def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True
             nn.utils.clip_grad_norm_(module.parameters(), cfg.train.grad_clip)
         optimizer.step()
         for k, v in losses.items():
-            running.setdefault(k, []).append(float(v))
-        running.setdefault("total", []).append(float(loss))
+            running.setdefault(k, []).append(v.item())
+        running.setdefault("total", []).append(loss.item())
         if (it + 1) % cfg.train.log_every == 0 or it + 1 == cfg.train.iterations:
             row = {"iteration": it + 1, "lr": lr_at(cfg, it),
                    **{k: env.mean(sum(v) / len(v)) for k, v in running.items()}}
@@ -336,12 +397,13 @@ def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True
             bar.set_postfix(loss=f"{row['total']:.3f}")
         if (it + 1) % cfg.train.ckpt_every == 0 and it + 1 < cfg.train.iterations:
             save_checkpoint(it + 1)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = seconds_before + time.perf_counter() - t0
     unlabeled_count = (cfg.train.iterations // (u_every + 1)
                        if unlabeled_stream is not None and u_every > 0 else 0)
     labeled_count = cfg.train.iterations - unlabeled_count
     save_checkpoint(cfg.train.iterations)
-    metrics = {"mode": mode, "iterations": cfg.train.iterations, "train_seconds": round(train_seconds, 1),
+    metrics = {"mode": mode, "iterations": cfg.train.iterations, "start_iteration": start,
+               "train_seconds": round(train_seconds, 1),
                "world_size": env.world, "labeled_steps": labeled_count, "unlabeled_steps": unlabeled_count,
                "history": history}
     if env.main:
