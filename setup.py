@@ -61,15 +61,20 @@ def sources():
 
 def extension():
     cpp, cu = sources()
-    cxx = ["-O3", "-fopenmp-simd", "-fno-math-errno", f'-DKDK_TORCH_VERSION="{torch.__version__}"']
+    # -fopenmp: at::parallel_for is inline and only runs threads when compiled with OpenMP (the
+    # library resolves to the libgomp torch already loaded). -fno-trapping-math lets GCC if-convert
+    # the branch-free exp/log (without it the sigmoid loops stay scalar).
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+           f'-DKDK_TORCH_VERSION="{torch.__version__}"']
     if os.environ.get("KDKERNELS_MARCH_NATIVE") == "1":
         cxx.append("-march=native")
     if WITH_CUDA:
         nvcc = ["-O3", "--use_fast_math", "-lineinfo", "-DKDK_WITH_CUDA"]
         return CUDAExtension("kdkernels._C", cpp + cu, include_dirs=[str(ROOT / "csrc")],
-                             extra_compile_args={"cxx": cxx + ["-DKDK_WITH_CUDA"], "nvcc": nvcc})
+                             extra_compile_args={"cxx": cxx + ["-DKDK_WITH_CUDA"], "nvcc": nvcc},
+                             extra_link_args=["-fopenmp"])
     return CppExtension("kdkernels._C", cpp, include_dirs=[str(ROOT / "csrc")],
-                        extra_compile_args={"cxx": cxx})
+                        extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
 
 
 class TimedBuild(BuildExtension):

@@ -12,6 +12,8 @@
 
 #include <torch/library.h>
 
+#include <cmath>
+
 namespace kdkernels::cpu {
 namespace {
 
@@ -55,6 +57,29 @@ acc_t mse_block(const acc_t* s, const acc_t* t, const acc_t* m, int64_t n, acc_t
   } else {
     return mse_block_impl<acc_t, kGrad, kNone>(s, t, m, n, gscale, grad, out);
   }
+}
+
+// m = conf^power · [conf ≥ threshold] into `mask` (acc_t, N·HW values); returns Σ m in fixed
+// block order. One pass over the confidence in its own dtype and strides (via a contiguous view).
+template <typename conf_t, typename acc_t>
+double build_mask(const conf_t* conf, int64_t n, double threshold, double power, acc_t* mask) {
+  const int64_t num_blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> partials(num_blocks, 0.0);
+  const acc_t thr = static_cast<acc_t>(threshold), pw = static_cast<acc_t>(power);
+  at::parallel_for(0, num_blocks, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * kBlock, i1 = std::min(n, i0 + kBlock);
+      acc_t part = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const acc_t c = static_cast<acc_t>(conf[i]);
+        const acc_t v = c >= thr ? (pw == acc_t(1) ? c : std::pow(c, pw)) : acc_t(0);
+        mask[i] = v;
+        part += v;
+      }
+      partials[b] = static_cast<double>(part);
+    }
+  });
+  return ordered_sum(partials);
 }
 
 template <typename scalar_t, bool kGrad, bool kNone>
@@ -107,10 +132,19 @@ std::tuple<at::Tensor, at::Tensor> confidence_masked_mse_cpu(
               "confidence_masked_mse: confidence must hold N*H*W values");
   const at::Tensor s = student.contiguous();
   const at::Tensor t = teacher.contiguous();
-  const at::Tensor conf = confidence.reshape({N, HW}).to(acc_dtype(s.scalar_type()));
-  at::Tensor mask = power == 1.0 ? conf : conf.pow(power);
-  mask = (mask * conf.ge(threshold)).contiguous();
-  const double mask_sum = mask.sum(at::kDouble).item<double>();
+  TORCH_CHECK(at::isFloatingType(confidence.scalar_type()),
+              "confidence_masked_mse: confidence must be a floating tensor");
+  const at::Tensor conf = confidence.reshape({N * HW}).contiguous();
+  at::Tensor mask = at::empty({N * HW}, s.options().dtype(acc_dtype(s.scalar_type())));
+  double mask_sum = 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, conf.scalar_type(), "build_mask", [&] {
+    using conf_t = scalar_t;
+    if (mask.scalar_type() == at::kDouble) {
+      mask_sum = build_mask(conf.data_ptr<conf_t>(), N * HW, threshold, power, mask.data_ptr<double>());
+    } else {
+      mask_sum = build_mask(conf.data_ptr<conf_t>(), N * HW, threshold, power, mask.data_ptr<float>());
+    }
+  });
   const double norm = red == kMean ? double(std::max<int64_t>(C, 1)) * std::max(mask_sum, eps) : 1.0;
 
   at::Tensor grad = compute_grad ? at::empty_like(s) : at::empty({0}, s.options());

@@ -28,11 +28,15 @@ struct RowConsts {
   acc_t weight_grad;  // 1: gradient through the adaptive weight, 0: detach_weight
 };
 
-// e^γ and d(e^γ)/de for the adaptive weight (γ = 0 gives the constant weight 1).
+// The adaptive weight w = e^γ (γ = 0 gives the constant weight 1) and dw/de; scalar returns so
+// the loops that call them vectorise.
 template <typename acc_t>
-KDK_INLINE void adaptive_weight(acc_t e, acc_t gamma, acc_t& w, acc_t& dw_de) {
-  w = gamma == acc_t(0) ? acc_t(1) : vmath::pow_unit_(e, gamma);
-  dw_de = e > acc_t(0) ? gamma * w / e : acc_t(0);
+KDK_INLINE acc_t adaptive_weight(acc_t e, acc_t gamma) {
+  return gamma == acc_t(0) ? acc_t(1) : vmath::pow_unit_(e, gamma);
+}
+template <typename acc_t>
+KDK_INLINE acc_t adaptive_weight_de(acc_t e, acc_t gamma, acc_t w) {
+  return e > acc_t(0) ? gamma * w / e : acc_t(0);
 }
 
 template <typename acc_t, bool kGrad, bool kAdaptive>
@@ -43,9 +47,9 @@ KDK_INLINE acc_t sigmoid_row(const acc_t* s, const acc_t* t, int64_t K, const Ro
   for (int64_t k = 0; k < K; ++k) {
     const acc_t a = t[k] * c.inv_t;
     const acc_t b = s[k] * c.inv_t;
-    acc_t spa, p, spb, q;
-    vmath::softplus_sigmoid(a, spa, p);
-    vmath::softplus_sigmoid(b, spb, q);
+    const acc_t ea = vmath::exp_neg_abs(a), eb = vmath::exp_neg_abs(b);
+    const acc_t spa = vmath::softplus_from(a, ea), p = vmath::sigmoid_from(a, ea);
+    const acc_t spb = vmath::softplus_from(b, eb), q = vmath::sigmoid_from(b, eb);
     const acc_t kl = p * (a - b) + spb - spa;
     if constexpr (!kAdaptive) {
       acc += kl;
@@ -55,10 +59,10 @@ KDK_INLINE acc_t sigmoid_row(const acc_t* s, const acc_t* t, int64_t K, const Ro
       acc_t d = kl + c.beta * h;
       d = d > acc_t(0) ? d : acc_t(0);
       const acc_t e = vmath::one_minus_exp_neg_(d);
-      acc_t w, dw_de;
-      adaptive_weight(e, c.gamma, w, dw_de);
+      const acc_t w = adaptive_weight(e, c.gamma);
       acc += w * kl;
       if constexpr (kGrad) {
+        const acc_t dw_de = adaptive_weight_de(e, c.gamma, w);
         grad[k] = g * (q - p) * (w + c.weight_grad * kl * dw_de * (acc_t(1) - e));
       }
     }
@@ -101,10 +105,9 @@ KDK_INLINE acc_t softmax_row(const acc_t* s, const acc_t* t, int64_t K, const Ro
     acc_t d = kl + c.beta * h;
     d = d > acc_t(0) ? d : acc_t(0);
     const acc_t e = -std::expm1(-d);
-    acc_t w, dw_de;
-    adaptive_weight(e, c.gamma, w, dw_de);
+    const acc_t w = adaptive_weight(e, c.gamma);
     row = w * kl;
-    factor = w + c.weight_grad * kl * dw_de * std::exp(-d);
+    factor = w + c.weight_grad * kl * adaptive_weight_de(e, c.gamma, w) * std::exp(-d);
   }
   if constexpr (kGrad) {
     const acc_t gq = g * factor / zb, gp = g * factor / za;

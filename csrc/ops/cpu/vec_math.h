@@ -8,9 +8,9 @@
 // CPU has it. float64 uses libm (it is the precise path for tests and gradcheck).
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KDK_NO_CLONES)
 #define KDK_TARGET_CLONES \
@@ -25,8 +25,10 @@
 
 namespace kdkernels::vmath {
 
-KDK_INLINE float bits_to_float(int32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
-KDK_INLINE int32_t float_to_bits(float f) { int32_t b; std::memcpy(&b, &f, 4); return b; }
+// std::bit_cast, not memcpy: an address-taken local inside an `omp simd` loop becomes a per-lane
+// array and stops the vectoriser.
+KDK_INLINE float bits_to_float(int32_t b) { return std::bit_cast<float>(b); }
+KDK_INLINE int32_t float_to_bits(float f) { return std::bit_cast<int32_t>(f); }
 
 // exp(x), Cephes polynomial, ~1 ulp on [-87, 88]; 0 below -87.3, clamped above 88.3.
 KDK_INLINE float exp_(float x) {
@@ -88,14 +90,17 @@ KDK_INLINE double log_(double x) { return std::log(x); }
 KDK_INLINE double log1p_(double y) { return std::log1p(y); }
 KDK_INLINE double one_minus_exp_neg_(double d) { return -std::expm1(-d); }
 
-// softplus(x) = log(1 + e^x), returned with sigmoid(x) from the one exp(-|x|).
+// softplus(x) = log(1 + e^x) and sigmoid(x), both from the one e = exp(-|x|) (exp_neg_abs).
+// Scalar returns only: a struct or out-reference inside an `omp simd` loop becomes a per-lane
+// array in memory and stops the vectoriser.
 template <typename T>
-KDK_INLINE void softplus_sigmoid(T x, T& softplus, T& sigmoid) {
-  const T ax = x < T(0) ? -x : x;
-  const T e = exp_(-ax);
+KDK_INLINE T exp_neg_abs(T x) { return exp_(x < T(0) ? x : -x); }
+template <typename T>
+KDK_INLINE T softplus_from(T x, T e) { return (x > T(0) ? x : T(0)) + log1p_(e); }
+template <typename T>
+KDK_INLINE T sigmoid_from(T x, T e) {
   const T inv = T(1) / (T(1) + e);
-  softplus = (x > T(0) ? x : T(0)) + log1p_(e);
-  sigmoid = x >= T(0) ? inv : e * inv;
+  return x >= T(0) ? inv : e * inv;
 }
 
 // e^gamma for e in [0, 1]; 0^gamma = 0 for gamma > 0, and 1 for gamma == 0 (the caller's case).
