@@ -54,7 +54,7 @@ def synthetic_kwargs(cfg) -> dict:
     """make_synthetic_coco's arguments from the config's data section."""
     d = cfg.data
     return dict(image_size=d.image_size, num_train=d.num_train, num_unlabeled=d.num_unlabeled, num_val=d.num_val,
-                classes=list(d.classes), seed=cfg.seed, label_fraction=d.label_fraction,
+                classes=list(d.classes), seed=cfg.seed if d.seed is None else d.seed, label_fraction=d.label_fraction,
                 max_objects=d.max_objects, min_size=d.min_size, max_size_frac=d.max_size_frac,
                 max_occlusion=d.max_occlusion, overlap_prob=d.overlap_prob, clutter=d.clutter,
                 noise_std=d.noise_std)

@@ -39,6 +39,7 @@ class DataConfig:
     num_unlabeled: int = 1000
     num_val: int = 300
     classes: typing.List[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    seed: typing.Optional[int] = None            # generator seed (null: the run's seed)
     label_fraction: float = 1.0                  # labeled share of the train split (rest → unlabeled_list)
     max_objects: int = 6
     min_size: float = 6.0                        # px, smallest object side
