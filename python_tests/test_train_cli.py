@@ -43,6 +43,13 @@ def _history_iterations(path):
     return [row["iteration"] for row in json.loads(Path(path).read_text())["history"]]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()  # the runs below set train.num_threads=1 (process-wide)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return tmp_path_factory.mktemp("train_cli")
@@ -199,6 +206,8 @@ def test_step_bench(base, data, capsys):
         assert rows["no KD losses"]["kd_share_pct"] is None
         for name in ("KD via kdkernels", "KD via eager PyTorch"):
             assert rows[name]["median_ms"] > 0 and 0 <= rows[name]["kd_share_pct"] < 100
+            assert 0 < rows[name]["kd_ops_ms"] and 0 < rows[name]["kd_ops_share_pct"] < 100
+    assert report["trained_teacher"] is None or report["trained_teacher"].endswith("model.pt")
     assert "KD share of step" in capsys.readouterr().out
 
 

@@ -55,8 +55,11 @@ def plot_ap_bars(results: dict, path: Path, title: str = "COCO AP on the val spl
 
 
 def ap_table(results: dict) -> str:
-    """Markdown table of AP metrics, one row per model."""
+    """Markdown table of AP metrics (percent), one row per model; "—" where COCOeval has no value
+    (no ground truth of that size in the val split)."""
+    def cell(v):
+        return "—" if v is None or v != v else f"{v:.1f}"
     lines = ["| model | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r.get(m, float('nan')):.1f}" for m in METRICS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(r.get(m)) for m in METRICS) + " |")
     return "\n".join(lines)
