@@ -39,35 +39,37 @@ KDK_INLINE acc_t adaptive_weight_de(acc_t e, acc_t gamma, acc_t w) {
   return e > acc_t(0) ? gamma * w / e : acc_t(0);
 }
 
+// Sigmoid mode is elementwise: a block of rows is processed as one flat run of n elements (so the
+// vector loop does not depend on K; with K = 4 a per-row loop would run its scalar, branchy
+// epilogue on every element). g: the gradient factor of each element (its row's), loss: each
+// element's KL or w·KL, summed per row by the caller.
 template <typename acc_t, bool kGrad, bool kAdaptive>
-KDK_INLINE acc_t sigmoid_row(const acc_t* s, const acc_t* t, int64_t K, const RowConsts<acc_t>& c,
-                             acc_t g, acc_t* grad) {
-  acc_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t a = t[k] * c.inv_t;
-    const acc_t b = s[k] * c.inv_t;
+KDK_INLINE void sigmoid_elems(const acc_t* s, const acc_t* t, int64_t n, const RowConsts<acc_t>& c,
+                              const acc_t* g, acc_t* grad, acc_t* loss) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t a = t[i] * c.inv_t;
+    const acc_t b = s[i] * c.inv_t;
     const acc_t ea = vmath::exp_neg_abs(a), eb = vmath::exp_neg_abs(b);
     const acc_t spa = vmath::softplus_from(a, ea), p = vmath::sigmoid_from(a, ea);
     const acc_t spb = vmath::softplus_from(b, eb), q = vmath::sigmoid_from(b, eb);
     const acc_t kl = p * (a - b) + spb - spa;
     if constexpr (!kAdaptive) {
-      acc += kl;
-      if constexpr (kGrad) grad[k] = g * (q - p);
+      loss[i] = kl;
+      if constexpr (kGrad) grad[i] = g[i] * (q - p);
     } else {
       const acc_t h = spa - p * a;
       acc_t d = kl + c.beta * h;
       d = d > acc_t(0) ? d : acc_t(0);
       const acc_t e = vmath::one_minus_exp_neg_(d);
       const acc_t w = adaptive_weight(e, c.gamma);
-      acc += w * kl;
+      loss[i] = w * kl;
       if constexpr (kGrad) {
         const acc_t dw_de = adaptive_weight_de(e, c.gamma, w);
-        grad[k] = g * (q - p) * (w + c.weight_grad * kl * dw_de * (acc_t(1) - e));
+        grad[i] = g[i] * (q - p) * (w + c.weight_grad * kl * dw_de * (acc_t(1) - e));
       }
     }
   }
-  return acc * c.t2;
 }
 
 // ea/eb: scratch of K values (exp(a − max a), exp(b − max b)) kept for the gradient pass.
@@ -118,17 +120,31 @@ KDK_INLINE acc_t softmax_row(const acc_t* s, const acc_t* t, int64_t K, const Ro
 }
 
 // Loss of `rows` consecutive rows; gscale[r] = T · w_r / norm (the row's gradient factor).
+// Scratch ea/eb: K values each for softmax, rows·K values each for sigmoid.
 template <typename acc_t, bool kSoftmax, bool kGrad, bool kAdaptive>
 KDK_INLINE void rows_impl(const acc_t* s, const acc_t* t, int64_t rows, int64_t K,
                           const RowConsts<acc_t>& c, const acc_t* gscale, acc_t* grad,
                           acc_t* row_loss, acc_t* ea, acc_t* eb) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t o = r * K;
-    acc_t* gr = kGrad ? grad + o : nullptr;
-    if constexpr (kSoftmax) {
+  if constexpr (kSoftmax) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t o = r * K;
+      acc_t* gr = kGrad ? grad + o : nullptr;
       row_loss[r] = softmax_row<acc_t, kGrad, kAdaptive>(s + o, t + o, K, c, gscale[r], gr, ea, eb);
-    } else {
-      row_loss[r] = sigmoid_row<acc_t, kGrad, kAdaptive>(s + o, t + o, K, c, gscale[r], gr);
+    }
+  } else {  // ea: per-element loss, eb: per-element gradient factor (rows·K values each)
+    if constexpr (kGrad) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const acc_t gr = gscale[r];
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) eb[r * K + k] = gr;
+      }
+    }
+    sigmoid_elems<acc_t, kGrad, kAdaptive>(s, t, rows * K, c, eb, grad, ea);
+    for (int64_t r = 0; r < rows; ++r) {
+      acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t k = 0; k < K; ++k) acc += ea[r * K + k];
+      row_loss[r] = acc * c.t2;
     }
   }
 }
