@@ -237,6 +237,10 @@ def claims(rows: list) -> list:
         kl_txt = f", vs plain KL {adl - kl:+.1f} AP" if kl is not None else ""
         out.append(("+ unlabeled with ADL ≥ further +1 AP and ≥ unlabeled with plain KL",
                     f"{adl - full:+.1f} AP over confidence KD{kl_txt}", ok))
+    ctrl = ap("full", "conf_kd_2x")
+    if adl is not None and ctrl is not None:
+        out.append(("(control) unlabeled ADL ≥ conf_kd trained for the same number of steps on labels only",
+                    f"{adl - ctrl:+.1f} AP", adl >= ctrl))
     fc, fg = ap("full", "feat_conf"), ap("full", "feat_gt")
     if fc is not None and fg is not None:
         tol = max(std("full", "feat_conf"), std("full", "feat_gt"))

@@ -102,3 +102,6 @@ def test_claims_are_computed_from_the_rows():
     rows[3] = _row("full", "unlabeled_kl", 26.0)
     assert efficacy.claims(rows)[2][2] is False  # ADL below plain KL
     assert got  # every claim has a text
+    rows.append(_row("full", "conf_kd_2x", 26.5))
+    control = [c for c in efficacy.claims(rows) if c[0].startswith("(control)")]
+    assert len(control) == 1 and control[0][2] is False and control[0][1] == "-1.0 AP"
