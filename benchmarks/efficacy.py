@@ -104,24 +104,10 @@ def row_config(preset: dict, row: dict, seed: int):
 # running
 # ----------------------------------------------------------------------------------------------
 
-def _evaluate(cfg, mode: str) -> dict:
-    import torch
-
-    from kdkernels.train.evaluate import evaluate
-    from kdkernels.train.trainer import load_model_file, model_dir, resolve_device, set_threads, val_dataset
-    set_threads(cfg)
-    device = resolve_device(cfg.train.device)
-    val = val_dataset(cfg)
-    preset = cfg.model.teacher if mode == "teacher" else cfg.model.student
-    model = load_model_file(model_dir(cfg, mode) / "model.pt", cfg, preset, val.num_classes, device)
-    with torch.no_grad():
-        return evaluate(model, val, batch_size=cfg.eval.batch_size, device=device, desc=f"eval {mode}")
-
-
 def run_one(cfg, mode: str) -> dict:
     """Train (or resume, or skip when done with this config) and evaluate one run; result.json
     in its out_dir marks it finished."""
-    from kdkernels.train.cli import config_hash, ensure_data, run_stage
+    from kdkernels.train.cli import config_hash, ensure_data, evaluate_stages, run_stage
     from kdkernels.train.trainer import atomic_write_text
     result_file = Path(cfg.out_dir) / "result.json"
     want = config_hash(cfg, mode)
@@ -132,7 +118,7 @@ def run_one(cfg, mode: str) -> dict:
     ensure_data(cfg)
     t0 = time.perf_counter()
     run_stage(cfg, mode, resume="compatible")
-    metrics = _evaluate(cfg, mode)
+    metrics = evaluate_stages(cfg, [mode])[mode]
     result = {"config_hash": want, "mode": mode, "seed": cfg.seed, "metrics": metrics,
               "train_eval_seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_text(json.dumps(result, indent=1), result_file)

@@ -135,23 +135,30 @@ def run_stage(cfg, mode: str, *, resume, force: bool = False) -> dict | None:
     return metrics
 
 
-def evaluate_models(cfg, which, *, device=None) -> dict:
+def evaluate_stages(cfg, which, *, device=None) -> dict:
+    """COCO metrics of the trained models of the stages in `which`: {stage: {"AP": .., ...}}."""
     import torch
 
     from .evaluate import evaluate
-    from .report import ap_table, plot_ap_bars
     from .trainer import load_model_file, model_dir, resolve_device, set_threads, val_dataset
     set_threads(cfg)
     device = device or resolve_device(cfg.train.device)
     val = val_dataset(cfg)
-    names = {"teacher": f"teacher ({cfg.model.teacher})", "baseline": f"student baseline ({cfg.model.student})",
-             "distill": f"student distilled ({cfg.model.student})"}
     results = {}
     for mode in which:
         preset = cfg.model.teacher if mode == "teacher" else cfg.model.student
         model = load_model_file(model_dir(cfg, mode) / "model.pt", cfg, preset, val.num_classes, device)
         with torch.no_grad():
-            results[names[mode]] = evaluate(model, val, batch_size=cfg.eval.batch_size, device=device, desc=f"eval {mode}")
+            results[mode] = evaluate(model, val, batch_size=cfg.eval.batch_size, device=device, desc=f"eval {mode}")
+    return results
+
+
+def evaluate_models(cfg, which, *, device=None) -> dict:
+    """evaluate_stages + the AP table (printed, eval.md), eval.json and the AP bar chart in out_dir."""
+    from .report import ap_table, plot_ap_bars
+    names = {"teacher": f"teacher ({cfg.model.teacher})", "baseline": f"student baseline ({cfg.model.student})",
+             "distill": f"student distilled ({cfg.model.student})"}
+    results = {names[mode]: m for mode, m in evaluate_stages(cfg, which, device=device).items()}
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(results, indent=1))
