@@ -202,5 +202,7 @@ CASES: tuple[Case, ...] = (
          "softmax KL over K, weight = teacher confidence"),
     Case("adaptive_distillation_loss[sigmoid]", "adaptive_distillation_loss", dict(mode="sigmoid"),
          _LOGIT_SIZES, "logits", "ADL (β = 1, γ = 2), weight = teacher confidence"),
+    Case("adaptive_distillation_loss[softmax]", "adaptive_distillation_loss", dict(mode="softmax"),
+         _LOGIT_SIZES, "logits", "softmax ADL (β = 1, γ = 2), weight = teacher confidence"),
 )
 CASES_BY_NAME = {c.name: c for c in CASES}
