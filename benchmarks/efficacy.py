@@ -2,7 +2,8 @@
 
     python -m benchmarks.efficacy                       # CPU preset (benchmarks/efficacy/cpu.yaml)
     python -m benchmarks.efficacy --preset gpu          # GPU preset: larger images, longer schedules
-    python -m benchmarks.efficacy --seeds 0 --rows baseline,full   # a subset
+    python -m benchmarks.efficacy --seeds 0 --rows baseline,conf_kd   # a subset (a name: every setting)
+    python -m benchmarks.efficacy --rows scarce/unlabeled_kl          # one setting's row
     python -m benchmarks.efficacy --render               # tables/plot from the stored results only
 
 Trains one teacher per setting, then every student row of the preset for each seed, evaluates each
@@ -125,9 +126,14 @@ def run_one(cfg, mode: str) -> dict:
     return result
 
 
+def _wanted(row: dict, rows_wanted) -> bool:
+    """A row is selected by its name (in every setting) or by ``setting/name``."""
+    return not rows_wanted or row["name"] in rows_wanted or f"{row['setting']}/{row['name']}" in rows_wanted
+
+
 def plan(preset: dict, rows_wanted=None, seeds=None) -> list:
     """[(label, setting, row or None, seed, mode)], teachers first."""
-    rows = [r for r in preset["rows"] if not rows_wanted or r["name"] in rows_wanted]
+    rows = [r for r in preset["rows"] if _wanted(r, rows_wanted)]
     seeds = seeds if seeds is not None else preset["seeds"]
     jobs, teachers = [], []
     for r in rows:
@@ -137,7 +143,7 @@ def plan(preset: dict, rows_wanted=None, seeds=None) -> list:
         if r["mode"] == "distill" and t_setting not in teachers:
             teachers.append(t_setting)
     for r in preset["rows"]:
-        if r["mode"] == "teacher" and r["setting"] not in teachers and (not rows_wanted or r["name"] in rows_wanted):
+        if r["mode"] == "teacher" and r["setting"] not in teachers and _wanted(r, rows_wanted):
             teachers.append(r["setting"])
     for t in teachers:
         jobs.append(("teacher", t, None, preset.get("teacher_seed", 0), "teacher"))
@@ -227,6 +233,11 @@ def claims(rows: list) -> list:
         kl_txt = f", vs plain KL {adl - kl:+.1f} AP" if kl is not None else ""
         out.append(("+ unlabeled with ADL ≥ further +1 AP and ≥ unlabeled with plain KL",
                     f"{adl - full:+.1f} AP over confidence KD{kl_txt}", ok))
+    sa, sk = ap("scarce", "unlabeled_adl"), ap("scarce", "unlabeled_kl")
+    if sa is not None and sk is not None:
+        out.append(("label-scarce: unlabeled with ADL ≥ unlabeled with plain KL",
+                    f"{sa - sk:+.1f} AP (std {max(std('scarce', 'unlabeled_adl'), std('scarce', 'unlabeled_kl')):.1f})",
+                    sa >= sk))
     ctrl = ap("full", "conf_kd_2x")
     if adl is not None and ctrl is not None:
         out.append(("(control) unlabeled ADL ≥ conf_kd trained for the same number of steps on labels only",
@@ -310,7 +321,8 @@ def main(argv=None) -> int:
     preset = load_preset(args.preset)
     rows_wanted = set(args.rows.split(",")) if args.rows else None
     if rows_wanted:
-        unknown = rows_wanted - {r["name"] for r in preset["rows"]}
+        known = {r["name"] for r in preset["rows"]} | {f"{r['setting']}/{r['name']}" for r in preset["rows"]}
+        unknown = rows_wanted - known
         if unknown:
             raise SystemExit(f"efficacy: unknown rows {sorted(unknown)}")
     if args.dry_run:

@@ -23,6 +23,8 @@ one for --quick), each of which
   3. reads VmRSS from /proc/self/status, resets the high-water mark by writing "5" to
      /proc/self/clear_refs (Linux ≥ 4.0) and checks that VmHWM dropped to VmRSS;
   4. runs fwd + bwd once and reads VmHWM (peak RSS): extra = VmHWM − VmRSS(before).
+kdkernels keeps freed large CPU output buffers for reuse (``kdkernels.cpu_buffer_cache_info``);
+that cache is emptied before step 3, so the measured call pays for its own gradient buffer.
 If the high-water mark cannot be reset (older kernel, no /proc), each (case, size, variant) runs
 in its own child without warm-up (the value then includes first-call initialisation, a few MB);
 torch.compile's would include compilation, so it is reported as unavailable. RSS counts touched
@@ -110,6 +112,8 @@ def measure(case, size, variant: str, dtype, device, *, warmup: int = 1, reset_o
         extra = torch.cuda.max_memory_allocated(device) - base
         method = "torch.cuda.max_memory_allocated"
     else:
+        from kdkernels import release_cpu_buffers
+        release_cpu_buffers()   # kdkernels' freed gradient buffers: the measured call must map its own
         base = rss_bytes()
         if reset_ok and not reset_hwm():
             raise RuntimeError("VmHWM could not be reset")

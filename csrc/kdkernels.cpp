@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "ops/cpu/buffer_cache.h"
 #include "ops/cpu/vec_math.h"
 
 #ifdef KDK_WITH_CUDA
@@ -74,4 +75,19 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "kdkernels native operators (registered under torch.ops.kdkernels)";
   m.def("build_info", &build_info, "What this build of the extension contains.");
+  m.def(
+      "cpu_buffer_cache_info",
+      [] {
+        const auto i = kdkernels::cpu::buffer_cache_info();
+        pybind11::dict d;
+        d["limit_bytes"] = i.limit_bytes;
+        d["cached_bytes"] = i.cached_bytes;
+        d["cached_blocks"] = i.cached_blocks;
+        d["hits"] = i.hits;
+        d["misses"] = i.misses;
+        return d;
+      },
+      "State of the cache of large CPU output buffers (see csrc/ops/cpu/buffer_cache.h).");
+  m.def("release_cpu_buffers", &kdkernels::cpu::release_buffer_cache,
+        "Unmap every freed CPU output buffer kept for reuse.");
 }

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from . import reference  # noqa: E402
 from ._backend import BACKENDS, get_backend, set_backend, use_backend  # noqa: E402
-from ._native import build_info  # noqa: E402
+from ._native import build_info, cpu_buffer_cache_info, release_cpu_buffers  # noqa: E402
 from .ops import (  # noqa: E402
     adaptive_distillation_loss,
     confidence_map,
@@ -21,5 +21,6 @@ from . import nn  # noqa: E402
 
 __all__ = [
     "BACKENDS", "adaptive_distillation_loss", "build_info", "confidence_map", "confidence_masked_mse",
-    "get_backend", "nn", "reference", "set_backend", "soft_label_kl", "teacher_confidence", "use_backend",
+    "cpu_buffer_cache_info", "get_backend", "nn", "reference", "release_cpu_buffers", "set_backend",
+    "soft_label_kl", "teacher_confidence", "use_backend",
 ]

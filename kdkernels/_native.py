@@ -46,3 +46,25 @@ def build_info() -> dict:
         if meta.is_file():
             info.update(json.loads(meta.read_text()))
     return info
+
+
+def cpu_buffer_cache_info() -> dict:
+    """The cache of large CPU output buffers (the student gradients the CPU kernels write, and
+    ``reduction="none"`` outputs, from 1 MiB up): ``limit_bytes`` (env ``KDKERNELS_CPU_CACHE_MB``,
+    default 512 MiB), ``cached_bytes``/``cached_blocks`` (freed buffers kept, resident), ``hits``
+    and ``misses`` (allocations served from it / newly mapped). Zeros without the native build.
+
+    A freed gradient buffer is kept and handed to the next call of the same size, so a training
+    loop does not page-fault a fresh multi-MB gradient every step; new buffers are 2 MiB aligned
+    and advised for transparent huge pages.
+    """
+    if not HAS_NATIVE:
+        return {"limit_bytes": 0, "cached_bytes": 0, "cached_blocks": 0, "hits": 0, "misses": 0}
+    return dict(_C.cpu_buffer_cache_info())
+
+
+def release_cpu_buffers() -> None:
+    """Give every freed CPU output buffer kept by kdkernels back to the OS (see
+    ``cpu_buffer_cache_info``); buffers still in use are returned to the OS when freed."""
+    if HAS_NATIVE:
+        _C.release_cpu_buffers()

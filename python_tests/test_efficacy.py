@@ -105,3 +105,23 @@ def test_claims_are_computed_from_the_rows():
     rows.append(_row("full", "conf_kd_2x", 26.5))
     control = [c for c in efficacy.claims(rows) if c[0].startswith("(control)")]
     assert len(control) == 1 and control[0][2] is False and control[0][1] == "-1.0 AP"
+
+
+def test_rows_select_by_name_or_by_setting_and_name(tmp_path):
+    preset = efficacy.load_preset(str(_tiny_preset(tmp_path)))
+    by_name = efficacy.plan(preset, {"unlabeled_adl"}, seeds=[0])
+    assert [(j[1], j[0]) for j in by_name] == [("full", "teacher"), ("full", "unlabeled_adl"),
+                                               ("scarce", "unlabeled_adl")]
+    one = efficacy.plan(preset, {"scarce/unlabeled_adl"}, seeds=[0])
+    assert [(j[1], j[0]) for j in one] == [("full", "teacher"), ("scarce", "unlabeled_adl")]
+    with pytest.raises(SystemExit, match="unknown rows"):
+        efficacy.main(["--preset", str(tmp_path / "tiny.yaml"), "--rows", "scarce/conf_kd", "--dry-run"])
+
+
+def test_scarce_adl_versus_plain_kl_claim():
+    rows = [_row("scarce", "baseline", 2.0), _row("scarce", "unlabeled_adl", 13.0, 0.9),
+            _row("scarce", "unlabeled_kl", 14.0, 0.5)]
+    line = [c for c in efficacy.claims(rows) if c[0].startswith("label-scarce: unlabeled with ADL")]
+    assert line == [("label-scarce: unlabeled with ADL ≥ unlabeled with plain KL", "-1.0 AP (std 0.9)", False)]
+    rows[2] = _row("scarce", "unlabeled_kl", 12.5)
+    assert [c[2] for c in efficacy.claims(rows) if c[0].startswith("label-scarce: unlabeled")] == [True]

@@ -7,6 +7,7 @@
 //
 // One pass over student/teacher: each fixed-size block of a (n, c) plane yields its loss partial
 // and, when asked, its gradient, so backward is one multiply by grad_output.
+#include "buffer_cache.h"
 #include "common.h"
 #include "vec_math.h"
 
@@ -147,8 +148,8 @@ std::tuple<at::Tensor, at::Tensor> confidence_masked_mse_cpu(
   });
   const double norm = red == kMean ? double(std::max<int64_t>(C, 1)) * std::max(mask_sum, eps) : 1.0;
 
-  at::Tensor grad = compute_grad ? at::empty_like(s) : at::empty({0}, s.options());
-  at::Tensor out = red == kNone ? at::empty_like(s) : at::Tensor();
+  at::Tensor grad = compute_grad ? empty_large_like(s) : at::empty({0}, s.options());
+  at::Tensor out = red == kNone ? empty_large_like(s) : at::Tensor();
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, s.scalar_type(), "confidence_masked_mse_cpu", [&] {

@@ -1,6 +1,8 @@
 // Block driver and per-ISA float clones for the row-wise losses (see row_losses.h).
 #include "row_losses.h"
 
+#include "buffer_cache.h"
+
 namespace kdkernels::cpu {
 
 #define KDK_ROWS_F32_DEF(S, G, A)                                                                 \
@@ -93,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> row_loss_cpu(const at::Tensor& student,
     wsum = w.sum(at::kDouble).item<double>();
   }
   const double norm = a.reduction == kMean ? std::max(wsum, a.eps) : 1.0;
-  at::Tensor grad = a.compute_grad ? at::empty_like(s) : at::empty({0}, s.options());
+  at::Tensor grad = a.compute_grad ? empty_large_like(s) : at::empty({0}, s.options());
   at::Tensor out = a.reduction == kNone ? at::empty({R}, s.options()) : at::Tensor();
   double total = 0.0;
   if (R > 0 && K > 0) {
