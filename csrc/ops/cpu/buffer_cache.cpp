@@ -16,6 +16,7 @@ namespace kdkernels::cpu {
 namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kPage = 4096;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -30,7 +31,7 @@ int64_t limit_from_env() {
 }
 
 #if KDK_HAVE_MMAP
-// A 2 MiB aligned anonymous mapping of `bytes` (a multiple of 2 MiB), advised for huge pages.
+// A 2 MiB aligned anonymous mapping of `bytes` (a multiple of 4 KiB), advised for huge pages.
 void* map_block(size_t bytes) {
   void* raw = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) return nullptr;
@@ -137,7 +138,9 @@ at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) 
   const int64_t numel = c10::multiply_integers(sizes);
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
   if (options.device().is_cpu() && static_cast<int64_t>(nbytes) >= kMinCachedBytes) {
-    const size_t bytes = round_up(nbytes, kHugePage);
+    // Page granularity: a 2 MiB-aligned mapping of a few MB gets huge pages for its whole 2 MiB
+    // chunks and 4 KiB pages for the tail, so resident memory stays the size asked for.
+    const size_t bytes = round_up(nbytes, kPage);
     if (void* p = cache().acquire(bytes)) {
       return at::for_blob(p, sizes)
           .context(new Block{p, bytes}, &free_block)
