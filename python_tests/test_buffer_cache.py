@@ -119,3 +119,27 @@ def test_bad_limit_is_a_clear_error():
     proc = _child(CHILD, "lots")
     assert proc.returncode != 0
     assert "KDKERNELS_CPU_CACHE_MB" in proc.stderr
+
+
+def _child_loss(q):
+    torch.set_num_threads(1)   # as DataLoader workers do: OpenMP's pool does not survive fork()
+    s, t, conf = _inputs(5)
+    _mse(s, t, conf).backward()
+    q.put(float(s.grad.double().square().sum()))
+
+
+def test_forked_child_can_use_the_cache():
+    import multiprocessing as mp
+    s, t, conf = _inputs(5)
+    _mse(s, t, conf).backward()          # the parent's cache holds a buffer when the child forks
+    want = float(s.grad.double().square().sum())
+    s.grad = None
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_loss, args=(q,))
+    p.start()
+    got = q.get(timeout=120)
+    p.join(timeout=120)
+    if p.is_alive():
+        p.kill()
+    assert p.exitcode == 0 and got == pytest.approx(want, rel=1e-6)

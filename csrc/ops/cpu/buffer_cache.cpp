@@ -6,6 +6,7 @@
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #define KDK_HAVE_MMAP 1
 #else
@@ -104,6 +105,11 @@ class BufferCache {
     for (const Block& b : all) munmap(b.ptr, b.bytes);
   }
 
+  // fork() while another thread holds mu_ would leave the child's copy locked forever: the
+  // pthread_atfork handlers take it around the fork (the child inherits the kept mappings).
+  void lock_for_fork() { mu_.lock(); }
+  void unlock_after_fork() { mu_.unlock(); }
+
   BufferCacheInfo info() {
     std::lock_guard<std::mutex> lock(mu_);
     return {static_cast<int64_t>(limit_), static_cast<int64_t>(cached_),
@@ -120,7 +126,12 @@ class BufferCache {
 
 // Never destroyed: tensors freed during interpreter shutdown still find it.
 BufferCache& cache() {
-  static BufferCache* c = new BufferCache();
+  static BufferCache* c = [] {
+    auto* made = new BufferCache();
+    pthread_atfork([] { cache().lock_for_fork(); }, [] { cache().unlock_after_fork(); },
+                   [] { cache().unlock_after_fork(); });
+    return made;
+  }();
   return *c;
 }
 
