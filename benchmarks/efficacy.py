@@ -336,13 +336,16 @@ def main(argv=None) -> int:
         raw = json.loads(raw_file.read_text())
     else:
         raw = run_study(preset, rows_wanted, args.seeds)
+    args_used = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render"]
+    cmd = " ".join(["python -m benchmarks.efficacy"] + args_used)
+    if not args.render:   # every command whose runs are in the table, in the order they were run
+        raw["_commands"] = list(dict.fromkeys(raw.get("_commands", []) + [cmd]))
+        raw_file.write_text(json.dumps(raw, indent=1))
     markdown = Path(args.markdown)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     plot = markdown.with_suffix(".png")
     markdown.with_suffix(".json").write_text(json.dumps({"summary": summarize(raw, preset), "raw": raw}, indent=1, default=str))
-    args_used = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render"]
-    cmd = " ".join(["python -m benchmarks.efficacy"] + args_used)
-    print(render(raw, preset, markdown, plot, [cmd]))
+    print(render(raw, preset, markdown, plot, raw.get("_commands") or [cmd]))
     return 0
 
 

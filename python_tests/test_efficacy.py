@@ -85,6 +85,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "run_stage", no_training)
     assert efficacy.main(["--preset", str(path), "--markdown", str(md)]) == 0
     assert efficacy.main(["--preset", str(path), "--markdown", str(md), "--render"]) == 0
+    # the Commands section lists the commands whose runs are in the table (once), not --render
+    commands = md.read_text().split("## Commands")[1]
+    assert commands.count("python -m benchmarks.efficacy --preset") == 1 and "--render" not in commands
 
 
 def _row(setting, name, ap, std=0.0, n=3):
