@@ -9,8 +9,8 @@ namespace kdkernels::cpu {
   KDK_TARGET_CLONES void rows_f32_##S##G##A(const float* s, const float* t, int64_t rows,         \
                                             int64_t K, const RowConsts<float>& c,                 \
                                             const float* gscale, float* grad, float* row_loss,    \
-                                            float* ea, float* eb) {                               \
-    rows_impl<float, S, G, A>(s, t, rows, K, c, gscale, grad, row_loss, ea, eb);                  \
+                                            float* ea, float* eb, float* rs) {                    \
+    rows_impl<float, S, G, A>(s, t, rows, K, c, gscale, grad, row_loss, ea, eb, rs);              \
   }
 KDK_ROWS_F32_DEF(0, 0, 0) KDK_ROWS_F32_DEF(0, 0, 1) KDK_ROWS_F32_DEF(0, 1, 0)
 KDK_ROWS_F32_DEF(0, 1, 1) KDK_ROWS_F32_DEF(1, 0, 0) KDK_ROWS_F32_DEF(1, 0, 1)
@@ -34,7 +34,7 @@ at::opmath_type<scalar_t> row_blocks(const scalar_t* s, const scalar_t* t,
     const int64_t span = rows_per_block * K;
     std::vector<acc_t> sbuf(staged ? span : 0), tbuf(staged ? span : 0),
         gbuf(staged && kGrad ? span : 0);
-    std::vector<acc_t> ea(kSoftmax ? K : span), eb(kSoftmax ? K : span);
+    std::vector<acc_t> ea(span), eb(span), rs(kSoftmax ? 6 * rows_per_block : 0);
     std::vector<acc_t> gscale(rows_per_block), row_loss(rows_per_block);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * rows_per_block;
@@ -45,7 +45,7 @@ at::opmath_type<scalar_t> row_blocks(const scalar_t* s, const scalar_t* t,
       const acc_t* ta = load_as_acc(t + off, n * K, tbuf.data());
       acc_t* ga = kGrad ? acc_out(grad + off, gbuf.data()) : nullptr;
       rows<acc_t, kSoftmax, kGrad, kAdaptive>(sa, ta, n, K, c, gscale.data(), ga,
-                                              row_loss.data(), ea.data(), eb.data());
+                                              row_loss.data(), ea.data(), eb.data(), rs.data());
       if constexpr (kGrad) store_from_acc(ga, n * K, grad + off);
       acc_t part = 0;
       for (int64_t r = 0; r < n; ++r) {

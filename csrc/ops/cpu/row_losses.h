@@ -72,10 +72,13 @@ KDK_INLINE void sigmoid_elems(const acc_t* s, const acc_t* t, int64_t n, const R
   }
 }
 
-// ea/eb: scratch of K values (exp(a − max a), exp(b − max b)) kept for the gradient pass.
-template <typename acc_t, bool kGrad, bool kAdaptive>
-KDK_INLINE acc_t softmax_row(const acc_t* s, const acc_t* t, int64_t K, const RowConsts<acc_t>& c,
-                             acc_t g, acc_t* grad, acc_t* ea, acc_t* eb) {
+// Softmax KL of one row (the non-adaptive path: with only two logs of per-row math, one row at a
+// time in L1 measured faster than the three-pass block below). ea/eb: scratch of K values
+// (exp(a − max a), exp(b − max b)) kept for the gradient pass.
+template <typename acc_t, bool kGrad>
+KDK_INLINE acc_t softmax_kl_row(const acc_t* s, const acc_t* t, int64_t K,
+                                const RowConsts<acc_t>& c, acc_t g, acc_t* grad, acc_t* ea,
+                                acc_t* eb) {
   acc_t ma = -std::numeric_limits<acc_t>::infinity(), mb = ma;
 #pragma omp simd reduction(max : ma, mb)
   for (int64_t k = 0; k < K; ++k) {
@@ -84,8 +87,8 @@ KDK_INLINE acc_t softmax_row(const acc_t* s, const acc_t* t, int64_t K, const Ro
   }
   ma *= c.inv_t;
   mb *= c.inv_t;
-  acc_t za = 0, zb = 0, sd = 0, sa = 0;
-#pragma omp simd reduction(+ : za, zb, sd, sa)
+  acc_t za = 0, zb = 0, sd = 0;
+#pragma omp simd reduction(+ : za, zb, sd)
   for (int64_t k = 0; k < K; ++k) {
     const acc_t a = t[k] * c.inv_t;
     const acc_t b = s[k] * c.inv_t;
@@ -96,40 +99,114 @@ KDK_INLINE acc_t softmax_row(const acc_t* s, const acc_t* t, int64_t K, const Ro
     za += x;
     zb += y;
     sd += x * (a - b);
-    if constexpr (kAdaptive) sa += x * a;
   }
   const acc_t lse_a = ma + std::log(za);
   const acc_t lse_b = mb + std::log(zb);
   const acc_t kl = sd / za + lse_b - lse_a;
-  acc_t row = kl, factor = 1;
-  if constexpr (kAdaptive) {
-    const acc_t h = lse_a - sa / za;
-    acc_t d = kl + c.beta * h;
-    d = d > acc_t(0) ? d : acc_t(0);
-    const acc_t e = -std::expm1(-d);
-    const acc_t w = adaptive_weight(e, c.gamma);
-    row = w * kl;
-    factor = w + c.weight_grad * kl * adaptive_weight_de(e, c.gamma, w) * std::exp(-d);
-  }
   if constexpr (kGrad) {
-    const acc_t gq = g * factor / zb, gp = g * factor / za;
+    const acc_t gq = g / zb, gp = g / za;
 #pragma omp simd
     for (int64_t k = 0; k < K; ++k) grad[k] = gq * eb[k] - gp * ea[k];
   }
-  return row * c.t2;
+  return kl * c.t2;
+}
+
+// Softmax ADL over a block of rows, in three passes so that the per-row scalar math (two logs,
+// the adaptive weight's exp and pow) runs as one vector loop over the rows instead of libm calls
+// per row (measured 25 % faster than one row at a time at (400k, 80)):
+//   1. per row: max, exp(a − max a) and exp(b − max b) into ea/eb (kept for the gradient), sums
+//   2. over rows: lse, KL, H, the adaptive weight → row loss and the two gradient scales
+//   3. per row: grad = gq · eb − gp · ea
+// ea/eb: rows·K values each; rs: 6·rows values of per-row scratch.
+template <typename acc_t, bool kGrad>
+KDK_INLINE void softmax_adl_rows(const acc_t* s, const acc_t* t, int64_t rows, int64_t K,
+                                 const RowConsts<acc_t>& c, const acc_t* gscale, acc_t* grad,
+                                 acc_t* row_loss, acc_t* ea, acc_t* eb, acc_t* rs) {
+  acc_t *ma = rs, *mb = rs + rows, *za = rs + 2 * rows, *zb = rs + 3 * rows;
+  acc_t *sd = rs + 4 * rows, *sa = rs + 5 * rows;
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t* sr = s + r * K;
+    const acc_t* tr = t + r * K;
+    acc_t* x_out = ea + r * K;
+    acc_t* y_out = eb + r * K;
+    acc_t mxa = -std::numeric_limits<acc_t>::infinity(), mxb = mxa;
+#pragma omp simd reduction(max : mxa, mxb)
+    for (int64_t k = 0; k < K; ++k) {
+      mxa = tr[k] > mxa ? tr[k] : mxa;
+      mxb = sr[k] > mxb ? sr[k] : mxb;
+    }
+    mxa *= c.inv_t;
+    mxb *= c.inv_t;
+    acc_t sum_x = 0, sum_y = 0, sum_d = 0, sum_a = 0;
+#pragma omp simd reduction(+ : sum_x, sum_y, sum_d, sum_a)
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t a = tr[k] * c.inv_t;
+      const acc_t b = sr[k] * c.inv_t;
+      const acc_t x = vmath::exp_(a - mxa);
+      const acc_t y = vmath::exp_(b - mxb);
+      x_out[k] = x;
+      y_out[k] = y;
+      sum_x += x;
+      sum_y += y;
+      sum_d += x * (a - b);
+      sum_a += x * a;
+    }
+    ma[r] = mxa;
+    mb[r] = mxb;
+    za[r] = sum_x;
+    zb[r] = sum_y;
+    sd[r] = sum_d;
+    sa[r] = sum_a;
+  }
+#pragma omp simd
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t lse_a = ma[r] + vmath::log_(za[r]);
+    const acc_t lse_b = mb[r] + vmath::log_(zb[r]);
+    const acc_t kl = sd[r] / za[r] + lse_b - lse_a;
+    const acc_t h = lse_a - sa[r] / za[r];
+    acc_t d = kl + c.beta * h;
+    d = d > acc_t(0) ? d : acc_t(0);
+    const acc_t e = vmath::one_minus_exp_neg_(d);
+    const acc_t w = adaptive_weight(e, c.gamma);
+    const acc_t factor = w + c.weight_grad * kl * adaptive_weight_de(e, c.gamma, w) * (acc_t(1) - e);
+    row_loss[r] = w * kl * c.t2;
+    if constexpr (kGrad) {  // za/zb now hold the gradient scales gp/gq
+      const acc_t g = gscale[r] * factor;
+      za[r] = g / za[r];
+      zb[r] = g / zb[r];
+    }
+  }
+  if constexpr (kGrad) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const acc_t gp = za[r], gq = zb[r];
+      const acc_t* x = ea + r * K;
+      const acc_t* y = eb + r * K;
+      acc_t* gr = grad + r * K;
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) gr[k] = gq * y[k] - gp * x[k];
+    }
+  }
 }
 
 // Loss of `rows` consecutive rows; gscale[r] = T · w_r / norm (the row's gradient factor).
-// Scratch ea/eb: K values each for softmax, rows·K values each for sigmoid.
+// Scratch: ea/eb rows·K values each, rs 6·rows values.
 template <typename acc_t, bool kSoftmax, bool kGrad, bool kAdaptive>
 KDK_INLINE void rows_impl(const acc_t* s, const acc_t* t, int64_t rows, int64_t K,
                           const RowConsts<acc_t>& c, const acc_t* gscale, acc_t* grad,
-                          acc_t* row_loss, acc_t* ea, acc_t* eb) {
-  if constexpr (kSoftmax) {
+                          acc_t* row_loss, acc_t* ea, acc_t* eb, acc_t* rs) {
+  if constexpr (kSoftmax && !kAdaptive) {
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t o = r * K;
       acc_t* gr = kGrad ? grad + o : nullptr;
-      row_loss[r] = softmax_row<acc_t, kGrad, kAdaptive>(s + o, t + o, K, c, gscale[r], gr, ea, eb);
+      row_loss[r] = softmax_kl_row<acc_t, kGrad>(s + o, t + o, K, c, gscale[r], gr, ea, eb);
+    }
+  } else if constexpr (kSoftmax) {
+    // chunks of 32 rows: the chunk's exps (ea/eb) stay in L1 between the first and third pass
+    constexpr int64_t kChunk = 32;
+    for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
+      const int64_t n = std::min(kChunk, rows - r0);
+      softmax_adl_rows<acc_t, kGrad>(s + r0 * K, t + r0 * K, n, K, c, gscale + r0,
+                                     kGrad ? grad + r0 * K : nullptr, row_loss + r0, ea, eb, rs);
     }
   } else {  // ea: per-element loss, eb: per-element gradient factor (rows·K values each)
     if constexpr (kGrad) {
@@ -153,7 +230,7 @@ KDK_INLINE void rows_impl(const acc_t* s, const acc_t* t, int64_t rows, int64_t 
 #define KDK_ROWS_F32_DECL(S, G, A)                                                              \
   void rows_f32_##S##G##A(const float* s, const float* t, int64_t rows, int64_t K,              \
                           const RowConsts<float>& c, const float* gscale, float* grad,          \
-                          float* row_loss, float* ea, float* eb);
+                          float* row_loss, float* ea, float* eb, float* rs);
 KDK_ROWS_F32_DECL(0, 0, 0) KDK_ROWS_F32_DECL(0, 0, 1) KDK_ROWS_F32_DECL(0, 1, 0)
 KDK_ROWS_F32_DECL(0, 1, 1) KDK_ROWS_F32_DECL(1, 0, 0) KDK_ROWS_F32_DECL(1, 0, 1)
 KDK_ROWS_F32_DECL(1, 1, 0) KDK_ROWS_F32_DECL(1, 1, 1)
@@ -161,16 +238,16 @@ KDK_ROWS_F32_DECL(1, 1, 0) KDK_ROWS_F32_DECL(1, 1, 1)
 
 template <typename acc_t, bool kSoftmax, bool kGrad, bool kAdaptive>
 void rows(const acc_t* s, const acc_t* t, int64_t n, int64_t K, const RowConsts<acc_t>& c,
-          const acc_t* gscale, acc_t* grad, acc_t* row_loss, acc_t* ea, acc_t* eb) {
+          const acc_t* gscale, acc_t* grad, acc_t* row_loss, acc_t* ea, acc_t* eb, acc_t* rs) {
   if constexpr (std::is_same_v<acc_t, float>) {
 #define KDK_CALL(S, G, A)                                              \
   if constexpr (kSoftmax == S && kGrad == G && kAdaptive == A)         \
-    return rows_f32_##S##G##A(s, t, n, K, c, gscale, grad, row_loss, ea, eb);
+    return rows_f32_##S##G##A(s, t, n, K, c, gscale, grad, row_loss, ea, eb, rs);
     KDK_CALL(0, 0, 0) KDK_CALL(0, 0, 1) KDK_CALL(0, 1, 0) KDK_CALL(0, 1, 1)
     KDK_CALL(1, 0, 0) KDK_CALL(1, 0, 1) KDK_CALL(1, 1, 0) KDK_CALL(1, 1, 1)
 #undef KDK_CALL
   } else {
-    rows_impl<acc_t, kSoftmax, kGrad, kAdaptive>(s, t, n, K, c, gscale, grad, row_loss, ea, eb);
+    rows_impl<acc_t, kSoftmax, kGrad, kAdaptive>(s, t, n, K, c, gscale, grad, row_loss, ea, eb, rs);
   }
 }
 
