@@ -155,7 +155,9 @@ def plan(preset: dict, rows_wanted=None, seeds=None) -> list:
     return jobs
 
 
-def run_study(preset: dict, rows_wanted=None, seeds=None) -> dict:
+def run_study(preset: dict, rows_wanted=None, seeds=None, command: str | None = None) -> dict:
+    """Runs (or finds finished) every planned job; raw.json keeps all results and, under
+    ``_commands``, every command whose runs are in it, in the order they were run."""
     from tqdm import tqdm
     jobs = plan(preset, rows_wanted, seeds)
     out = Path(preset["out_dir"])
@@ -171,6 +173,8 @@ def run_study(preset: dict, rows_wanted=None, seeds=None) -> dict:
         raw.setdefault(setting, {}).setdefault(label, {})[str(seed)] = res
         raw_file.write_text(json.dumps(raw, indent=1))
     raw["_meta"] = {"wall_seconds_this_run": round(time.perf_counter() - t_start, 1)}
+    if command:
+        raw["_commands"] = list(dict.fromkeys(raw.get("_commands", []) + [command]))
     raw_file.write_text(json.dumps(raw, indent=1))
     return raw
 
@@ -330,17 +334,14 @@ def main(argv=None) -> int:
             print(f"{setting:8s} {label:20s} seed {seed} ({mode})")
         return 0
     raw_file = Path(preset["out_dir"]) / "raw.json"
+    args_used = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render"]
+    cmd = " ".join(["python -m benchmarks.efficacy"] + args_used)
     if args.render:
         if not raw_file.is_file():
             raise SystemExit(f"efficacy: no results in {raw_file} yet")
         raw = json.loads(raw_file.read_text())
     else:
-        raw = run_study(preset, rows_wanted, args.seeds)
-    args_used = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render"]
-    cmd = " ".join(["python -m benchmarks.efficacy"] + args_used)
-    if not args.render:   # every command whose runs are in the table, in the order they were run
-        raw["_commands"] = list(dict.fromkeys(raw.get("_commands", []) + [cmd]))
-        raw_file.write_text(json.dumps(raw, indent=1))
+        raw = run_study(preset, rows_wanted, args.seeds, command=cmd)
     markdown = Path(args.markdown)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     plot = markdown.with_suffix(".png")

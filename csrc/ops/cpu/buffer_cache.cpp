@@ -147,7 +147,7 @@ void free_block(void* ctx) {
 at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
 #if KDK_HAVE_MMAP
   const int64_t numel = c10::multiply_integers(sizes);
-  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  const size_t nbytes = static_cast<size_t>(numel) * options.dtype().itemsize();
   if (options.device().is_cpu() && static_cast<int64_t>(nbytes) >= kMinCachedBytes) {
     // Page granularity: a 2 MiB-aligned mapping of a few MB gets huge pages for its whole 2 MiB
     // chunks and 4 KiB pages for the tail, so resident memory stays the size asked for.
