@@ -88,3 +88,38 @@ def test_cli_reports_config_errors_with_exit_code_2(capsys):
     assert main(["teacher", "--set", "train.lr=-1"]) == 2
     err = capsys.readouterr().err
     assert "config error" in err and "train.lr" in err
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.lr=1e-3", "lr", 1e-3), ("train.lr=2E-4", "lr", 2e-4), ("train.weight_decay=5e-5", "weight_decay", 5e-5),
+    ("train.lr=+1e-2", "lr", 1e-2), ("train.lr=3e+0", "lr", 3.0),
+])
+def test_exponent_floats_are_floats(override, key, value):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; float fields take it as the number it means."""
+    got = getattr(load_config(None, [override]).train, key)
+    assert isinstance(got, float) and got == pytest.approx(value)
+
+
+def test_exponent_floats_in_a_config_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\ndistill:\n  kl_weight: 5e-1\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.distill.kl_weight == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("override", [
+    "train.lr=.inf", "train.lr=.nan", "train.lr=-.inf", "train.lr=1e999", "distill.kl_weight=.inf",
+    "distill.feat_weight=.nan", "distill.loc_weight=.inf", "distill.adl_weight=.nan", "train.grad_clip=.inf",
+    "distill.temperature=.inf", "data.noise_std=.nan", "train.momentum=.inf",
+])
+def test_non_finite_values_are_rejected(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [override])
+    assert key in str(exc.value) and "finite" in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "train.lr=1e-3x", "train.iterations=1e3"])
+def test_other_strings_stay_type_errors(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(None, [override])

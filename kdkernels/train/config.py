@@ -1,10 +1,14 @@
 """Trainer configuration: dataclasses loaded from YAML with `--set key=value` overrides.
 
-Unknown keys, wrong types and out-of-range values raise ConfigError naming the key.
+Unknown keys, wrong types, non-finite numbers (.inf, .nan) and out-of-range values raise ConfigError
+naming the key. Float fields also take exponent literals without a dot (`1e-3`), which YAML 1.1
+reads as strings.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +144,23 @@ NON_NEGATIVE = {"train.num_threads", "data.num_unlabeled", "data.clutter", "data
 UNIT = {"data.max_size_frac", "data.max_occlusion", "data.overlap_prob", "distill.feat_threshold", "distill.loc_threshold", "eval.score_thresh"}
 
 
+# a decimal number as YAML 1.2 / Python write it (1e-3, 2E+4, .5, -3.0); YAML 1.1 leaves 1e-3 a string
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _as_float(value, key):
+    """A float field's value: numbers and numeric strings such as '1e-3'; finite only."""
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, float):
+        raise ConfigError(f"{key} must be float, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return value
+
+
 def _check_type(value, tp, key):
     origin = typing.get_origin(tp)
     if origin is typing.Union:  # Optional[X]
@@ -152,8 +173,8 @@ def _check_type(value, tp, key):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         (inner,) = typing.get_args(tp)
         return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        return _as_float(value, key)
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
