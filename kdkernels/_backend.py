@@ -1,19 +1,30 @@
-"""Backend choice: set_backend(), use_backend(), env KDKERNELS_BACKEND; resolved per call by device.
+"""Backend choice and the one table of backend → implementation.
 
-auto: CUDA tensors → "cuda" kernel (→ "triton" when the extension was built without CUDA),
-CPU tensors → "cpu" fused kernel, anything else (or no native build) → "reference".
+A backend is picked per call from the tensors' device:
+  - ``set_backend(name)`` (process-wide), ``with use_backend(name):`` (process-wide while the block
+    runs; nestable), or the environment variable ``KDKERNELS_BACKEND`` (read once, at import);
+  - "auto": CUDA tensors → "cuda" (→ "triton" when the extension was built without CUDA),
+    CPU tensors → "cpu", anything else (or no native build) → "reference".
+
+The choice is plain module state (no ContextVar or thread-local), so torch.compile guards on it
+and recompiles when it changes, on every supported torch (Dynamo in torch <= 2.11 cannot trace
+ContextVar.get). ``use_backend`` is therefore not thread-local: switch backends from one thread.
+
+Every fused backend runs an op with the schema defined once in csrc/kdkernels.cpp; the table
+``FUSED_NAMESPACE`` maps a backend to the torch.ops namespace holding its implementation.
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
+
+import torch
 
 from . import _native
 
 BACKENDS = ("auto", "cpu", "triton", "cuda", "reference")
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("kdkernels_backend", default=None)
-_default: str | None = None
+# backend → torch.ops namespace of its fused implementation ("reference" is plain PyTorch).
+FUSED_NAMESPACE = {"cpu": "kdkernels", "cuda": "kdkernels", "triton": "kdkernels_triton"}
 
 
 def _check(name, what="backend") -> str:
@@ -22,61 +33,83 @@ def _check(name, what="backend") -> str:
     return name
 
 
+class _State:
+    """Module state read inside compiled regions (Dynamo guards on these attributes)."""
+    default: str = _check(os.environ.get("KDKERNELS_BACKEND", "auto"),
+                          "environment variable KDKERNELS_BACKEND")
+    override: str | None = None
+
+
+_STATE = _State()
+
+
 def set_backend(name: str) -> None:
     """Select the backend for every following call in this process (overrides KDKERNELS_BACKEND)."""
-    global _default
-    _default = _check(name)
+    _STATE.default = _check(name)
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Context manager: ``with kdkernels.use_backend("reference"): ...`` (thread- and task-local)."""
-    token = _override.set(_check(name))
+    """``with kdkernels.use_backend("reference"): ...`` — process-wide while the block runs."""
+    previous = _STATE.override
+    _STATE.override = _check(name)
     try:
         yield
     finally:
-        _override.reset(token)
+        _STATE.override = previous
 
 
 def get_backend() -> str:
     """The requested backend name (may be "auto")."""
-    name = _override.get() or _default
-    if name is None:
-        name = _check(os.environ.get("KDKERNELS_BACKEND", "auto"), "environment variable KDKERNELS_BACKEND")
-    return name
+    return _STATE.override or _STATE.default
 
 
-def _triton_ok(device) -> bool:
-    if _native.triton_version() is None:
+def _triton_runs_on(device_type: str) -> bool:
+    if _native.TRITON_VERSION is None or not _native.HAS_NATIVE:  # the schemas live in kdkernels._C
         return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device_type == "cuda" or _native.TRITON_INTERPRET
+
+
+def available_backends(device) -> list[str]:
+    """The concrete backends that can run the ops on tensors of `device` (str or torch.device),
+    fastest first; "reference" always runs. Used by the ops, the tests, the benchmarks and the
+    trainer's step bench."""
+    device_type = torch.device(device).type
+    names = []
+    if device_type == "cuda" and _native.HAS_NATIVE_CUDA:
+        names.append("cuda")
+    if device_type == "cpu" and _native.HAS_NATIVE:
+        names.append("cpu")
+    if _triton_runs_on(device_type):
+        names.append("triton")
+    return names + ["reference"]
 
 
 def resolve(device, op: str) -> str:
     """The concrete backend that runs `op` for tensors on `device`; raises if it cannot run there."""
     name = get_backend()
     if name == "auto":
-        if device.type == "cuda":
-            if _native.HAS_NATIVE_CUDA:
-                return "cuda"
-            return "triton" if _triton_ok(device) else "reference"
-        if device.type == "cpu" and _native.HAS_NATIVE:
-            return "cpu"
-        return "reference"
-    if name == "cpu":
-        if device.type != "cpu":
-            raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device} ({op})")
-        if not _native.HAS_NATIVE:
-            raise RuntimeError(f"backend 'cpu' needs the compiled extension kdkernels._C, which did "
-                               f"not load: {_native.NATIVE_ERROR}. Reinstall with `pip install .`")
-    elif name == "cuda":
-        if device.type != "cuda":
-            raise ValueError(f"backend 'cuda' needs CUDA tensors, got tensors on {device} ({op})")
-        if not _native.HAS_NATIVE_CUDA:
-            raise RuntimeError("backend 'cuda' needs kdkernels._C built with CUDA; this build has "
-                               f"{_native.build_info()['compiled_backends']}")
-    elif name == "triton" and not _triton_ok(device):
-        raise RuntimeError(f"backend 'triton' needs triton and CUDA tensors (or TRITON_INTERPRET=1 "
-                           f"for CPU tensors); got tensors on {device}, triton "
-                           f"{_native.triton_version() or 'not installed'} ({op})")
-    return name
+        return available_backends(device)[0]
+    if name == "reference" or name in available_backends(device):
+        return name
+    wrong_device = name in ("cpu", "cuda") and device.type != name
+    raise (ValueError if wrong_device else RuntimeError)(_unavailable(name, device, op))
+
+
+def _unavailable(name: str, device, op: str) -> str:
+    if name in ("cpu", "cuda") and device.type != name:
+        return f"kdkernels.{op}: backend {name!r} needs {name.upper()} tensors, got tensors on {device}"
+    if name in ("cpu", "cuda"):
+        return (f"kdkernels.{op}: backend {name!r} needs the compiled extension kdkernels._C with "
+                f"{name.upper()} support; this build has {_native.build_info()['compiled_backends']} "
+                f"({_native.NATIVE_ERROR or 'reinstall with `pip install .`'})")
+    return (f"kdkernels.{op}: backend 'triton' needs triton, the compiled extension and CUDA tensors "
+            f"(or TRITON_INTERPRET=1 for CPU tensors); got tensors on {device}, triton "
+            f"{_native.TRITON_VERSION or 'not installed'}, native {_native.HAS_NATIVE}")
+
+
+def fused_op(backend: str, op: str):
+    """The torch.ops overload that runs `op` on a fused backend (see FUSED_NAMESPACE)."""
+    if backend == "triton":
+        from . import triton as _  # noqa: F401  (registers torch.ops.kdkernels_triton.*)
+    return getattr(getattr(torch.ops, FUSED_NAMESPACE[backend]), op).default

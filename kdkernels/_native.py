@@ -1,7 +1,9 @@
 """Loads the compiled extension kdkernels._C (which registers torch.ops.kdkernels.*) if present."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -19,11 +21,16 @@ HAS_NATIVE_CUDA = HAS_NATIVE and "cuda" in _C.build_info()["compiled_backends"]
 
 
 def triton_version():
+    """The installed triton's version (without importing it), or None."""
     try:
-        import triton
-        return triton.__version__
-    except Exception:  # noqa: BLE001 - any import failure means "no triton"
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
         return None
+
+
+TRITON_VERSION = triton_version()
+# TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (tests); triton reads it once at import too.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def build_info() -> dict:

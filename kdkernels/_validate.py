@@ -1,11 +1,18 @@
 """Input checks shared by every op: errors name the argument, the expected and the received value."""
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 
 REDUCTIONS = ("none", "mean", "sum")
 MODES = ("softmax", "sigmoid")
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+# Debug switch: check tensor values that need the data (weight finite and >= 0) on CUDA too, at the
+# cost of a host synchronisation per call. CPU tensors are always checked (the CPU kernel checks
+# while it reads the weights; the reference backend checks with one small reduction).
+CHECK_VALUES_ON_CUDA = os.environ.get("KDKERNELS_CHECK_VALUES", "0") == "1"
 
 
 def tensor(x, name: str) -> torch.Tensor:
@@ -36,20 +43,24 @@ def choice(value, name: str, choices) -> str:
     return value
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def positive(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if not _finite(value) or not value > 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def non_negative(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not _finite(value) or not value >= 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def number(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+    if not _finite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
@@ -75,10 +86,39 @@ def row_weight(weight, rows: int, ref: torch.Tensor):
     if weight.numel() != rows:
         raise ValueError(f"weight must hold one value per row of the logits ({rows}), "
                          f"got shape {tuple(weight.shape)}")
-    weight = weight.detach().reshape(rows)
-    if not torch.compiler.is_compiling() and rows and bool((weight < 0).any()):
-        raise ValueError(f"weight must be >= 0, got a minimum of {weight.min().item()}")
-    return weight
+    return weight.detach().reshape(rows)
+
+
+def check_weight_values(weight, op: str, backend: str) -> None:
+    """weight must be finite and >= 0. The cpu kernel checks while it reads the weights; CUDA
+    tensors are checked only with KDKERNELS_CHECK_VALUES=1 (the check needs a host sync). Under
+    torch.compile the check is an in-graph assert, so it fires there too."""
+    if weight is None or weight.numel() == 0 or backend == "cpu":
+        return
+    if weight.device.type == "cuda" and not CHECK_VALUES_ON_CUDA:
+        return
+    message = f"kdkernels.{op}: weight must be finite and >= 0"
+    ok = (weight >= 0).all() & torch.isfinite(weight).all()
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or type(weight) is not torch.Tensor:
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        bad = weight[~((weight >= 0) & torch.isfinite(weight))]
+        raise ValueError(f"{message}, got {bad[0].item()} ({bad.numel()} bad values)")
+
+
+def fake_row_loss_checks(op: str, student, teacher, weight) -> None:
+    """Shape rules of the row-loss schemas, for their fake (meta) kernels."""
+    torch._check(student.dim() == 2, lambda: f"{op}: student_logits must be (R, K)")
+    torch._check(student.shape == teacher.shape, lambda: f"{op}: student/teacher shapes differ")
+    if weight is not None:
+        torch._check(weight.shape == student.shape[:1], lambda: f"{op}: weight must be (R,)")
+
+
+def fake_loss_and_grad(student, none_shape, reduction: str, compute_grad: bool):
+    """The (loss, grad_student) outputs every fused loss op returns, as empty tensors."""
+    loss = student.new_empty(none_shape if reduction == "none" else ())
+    grad = student.new_empty(student.shape) if compute_grad else student.new_empty((0,))
+    return loss, grad
 
 
 def feature_pair(student, teacher, confidence):

@@ -15,6 +15,14 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float64, torch.float32) else x.float()
 
 
+def _safe_mean(total: torch.Tensor, norm: torch.Tensor, eps: float) -> torch.Tensor:
+    """total / max(norm, eps), and exactly 0 (with a zero gradient) when norm == 0, for any eps:
+    an empty mask or all-zero weights give 0 even where eps underflows in float32. NaN stays NaN."""
+    empty = norm == 0
+    safe = torch.where(empty, torch.ones_like(norm), norm.clamp_min(eps))
+    return torch.where(empty, torch.zeros_like(total), total / safe)
+
+
 def _reduce(rows: torch.Tensor, weight, reduction: str, eps: float, like: torch.Tensor) -> torch.Tensor:
     """Weighted reduction of per-row losses; "none" keeps the leading shape of `like` (..., K)."""
     dtype = like.dtype
@@ -26,7 +34,7 @@ def _reduce(rows: torch.Tensor, weight, reduction: str, eps: float, like: torch.
     if reduction == "sum":
         return total.to(dtype)
     norm = weight.to(rows.dtype).sum() if weight is not None else rows.new_tensor(float(rows.shape[0]))
-    return (total / norm.clamp_min(eps)).to(dtype)
+    return _safe_mean(total, norm, eps).to(dtype)
 
 
 def teacher_confidence(cls_logits: torch.Tensor, *, mode: str = "sigmoid") -> torch.Tensor:
@@ -55,7 +63,11 @@ def confidence_map(cls_logits: torch.Tensor, num_anchors: int, *, mode: str = "s
 
 def confidence_masked_mse(student, teacher, confidence, *, threshold=0.0, power=1.0,
                           reduction="mean", eps=1e-6):
-    """m = conf^power·[conf ≥ threshold]; l = m (s − t)²; mean = Σ l / (C · max(Σ m, eps))."""
+    """m = conf^power·[conf ≥ threshold]; l = m (s − t)²; mean = Σ l / (C · max(Σ m, eps)).
+
+    A pixel is masked out iff conf < threshold (a NaN confidence is kept, so NaN propagates); a
+    masked-out pixel contributes exactly 0 to the loss, the normaliser and the gradient, whatever
+    its student/teacher values or conf^power. Mean with Σ m == 0 is 0 with a zero gradient."""
     conf = V.feature_pair(student, teacher, confidence)
     V.number(threshold, "threshold")
     V.number(power, "power")
@@ -63,13 +75,15 @@ def confidence_masked_mse(student, teacher, confidence, *, threshold=0.0, power=
     V.positive(eps, "eps")
     s, t = _acc(student), _acc(teacher.detach())
     c = conf.to(s.dtype).unsqueeze(1)
-    mask = c.pow(power) * (c >= threshold)
-    loss = mask * (s - t).square()
+    keep = ~(c < threshold)
+    mask = torch.where(keep, c.pow(power), 0.0)
+    diff = torch.where(keep, s - t, 0.0)  # no inf/NaN from masked-out pixels, in loss or gradient
+    loss = mask * diff.square()
     if reduction == "none":
         return loss.to(student.dtype)
     if reduction == "sum":
         return loss.sum().to(student.dtype)
-    return (loss.sum() / (max(student.shape[1], 1) * mask.sum().clamp_min(eps))).to(student.dtype)
+    return _safe_mean(loss.sum(), mask.sum() * student.shape[1], eps * student.shape[1]).to(student.dtype)
 
 
 def _kl_terms(s, t, temperature: float, mode: str):

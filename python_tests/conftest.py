@@ -1,4 +1,6 @@
-"""Shared helpers: per-dtype tolerances and comparison against the float64 reference."""
+"""Shared helpers: the backend matrix, the one tolerance table, comparison with float64."""
+from typing import NamedTuple
+
 import pytest
 import torch
 
@@ -13,6 +15,22 @@ TOL = {
     torch.float16: (5e-3, 2e-3),
 }
 CPU_BACKENDS = ["cpu", "reference"]
+
+
+class Backend(NamedTuple):
+    """A concrete backend and the device whose tensors it runs on."""
+    name: str
+    device: str
+
+
+def _all_backends():
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [Backend(name, dev) for dev in devices for name in kdkernels.available_backends(dev)]
+
+
+# Every backend this machine runs (kdkernels.available_backends per device): the op test matrix.
+ALL_BACKENDS = [pytest.param(b, id=f"{b.name}-{b.device}") for b in _all_backends()]
+FUSED_BACKENDS = [p for p in ALL_BACKENDS if p.values[0].name != "reference"]
 
 
 def assert_close(actual, expected, dtype, what=""):
@@ -41,5 +59,8 @@ def _seed():
 
 @pytest.fixture
 def backend(request):
-    with kdkernels.use_backend(request.param):
-        yield request.param
+    """Indirect parameter: a Backend (or a backend name for CPU tensors), selected while the test
+    runs; yields the Backend (its .device is where the test must put its tensors)."""
+    b = request.param if isinstance(request.param, Backend) else Backend(request.param, "cpu")
+    with kdkernels.use_backend(b.name):
+        yield b

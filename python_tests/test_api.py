@@ -119,7 +119,7 @@ BAD_ROWS = [
     (dict(mode="relu"), ValueError, "mode"),
     (dict(reduction="batchmean"), ValueError, "reduction"),
     (dict(weight=torch.rand(5)), ValueError, "weight"),
-    (dict(weight=-torch.rand(6)), ValueError, "weight must be >= 0"),
+    (dict(weight=-torch.rand(6)), ValueError, "weight must be finite and >= 0"),
     (dict(weight=torch.rand(6).long()), TypeError, "weight"),
     (dict(weight=torch.rand(6, device="meta")), ValueError, "weight"),
 ]

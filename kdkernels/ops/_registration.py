@@ -1,61 +1,93 @@
-"""Fake (meta) and autograd registrations of the native loss ops, shared by all three.
+"""The one autograd of every fused loss op (native cpu/cuda and triton), and the fused call.
 
-Every native loss op returns (loss, grad_student) where grad_student is the gradient of the loss
-written by the forward kernel (empty when compute_grad=False). Backward is then one multiply:
-    grad_student_total = grad_student · grad_output   (broadcast over K for per-row losses)
-Teacher, confidence and weight get no gradient.
+Every fused loss op returns ``(loss, grad_student)``: the forward kernel writes ∂loss/∂student
+(an empty tensor when ``compute_grad`` is False), so backward is one multiply::
+
+    grad_student_total = grad_student · grad_output   (grad_output broadcast over K for row losses)
+
+Teacher, confidence and weight get no gradient. See docs/METHOD.md, "Autograd".
+
+Aliasing: the returned gradient never aliases a buffer the op keeps. While the graph is kept
+(``retain_graph=True``) backward returns a new tensor. When the graph is freed after this backward
+(the usual ``loss.backward()``), the saved buffer is released by autograd right after this call, so
+it is scaled in place and handed over: no copy, and the op keeps no reference to it.
+
+Double backward (``create_graph=True``) and forward-mode AD are not implemented by the fused
+kernels: both raise an error naming the op. The "reference" backend supports them.
 """
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
-from .. import _native
+from .. import _backend
+
+_ONLY_REFERENCE = "use `kdkernels.use_backend(\"reference\")` around this call, which supports it"
 
 
 def _plain_eager(*tensors) -> bool:
-    """True outside any tracing (compile, make_fx, fake or functional tensors): the value check on
-    grad_output is only taken then."""
+    """True outside any tracing (compile, make_fx, fake or functional tensors)."""
     return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
             and all(type(t) is torch.Tensor for t in tensors))
 
 
 def _backward(ctx, grad_loss, _unused_grad_of_grad):
-    n_rest = (None,) * (ctx.num_inputs - 1)
+    rest = (None,) * (ctx.num_inputs - 1)
     if grad_loss is None:  # the loss did not reach the output (materialize_grads is off)
-        return (None,) + n_rest
+        return (None,) + rest
+    eager = _plain_eager(grad_loss)
+    if eager and torch.is_grad_enabled():
+        raise RuntimeError(f"{ctx.op_name}: double backward (create_graph=True) is not supported "
+                           f"by the fused kdkernels backends; {_ONLY_REFERENCE}")
     (grad,) = ctx.saved_tensors
     if grad.numel() != ctx.student_numel:
-        raise RuntimeError(f"{ctx.qualname} was called with compute_grad=False; "
-                           "pass compute_grad=True when the student needs a gradient")
-    eager = _plain_eager(grad, grad_loss)
-    if eager and grad_loss.dim() == 0 and grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
-        return (grad,) + n_rest  # loss.backward() on the loss itself: the forward's gradient as is
-    g = grad_loss if grad_loss.dim() == 0 else grad_loss.reshape(grad_loss.shape + (1,) * (grad.dim() - grad_loss.dim()))
-    return (grad * g,) + n_rest
+        raise RuntimeError(f"{ctx.op_name} ran with compute_grad=False, so it has no gradient: "
+                           "call it with compute_grad=True when the student needs a gradient")
+    g = grad_loss if grad_loss.dim() == 0 else grad_loss.reshape(
+        grad_loss.shape + (1,) * (grad.dim() - grad_loss.dim()))
+    if eager and type(grad) is torch.Tensor and not torch._C._autograd._get_current_graph_task_keep_graph():
+        # Autograd releases the saved buffer right after this call: hand it over, scaled in place.
+        if g.dim() == 0 and g.device.type == "cpu" and float(g) == 1.0:
+            return (grad,) + rest
+        return (grad.mul_(g),) + rest
+    return (grad * g,) + rest
 
 
-def register_loss_op(name: str, fake_loss_shape) -> None:
-    """fake_loss_shape(student, reduction) → the loss shape of reduction 'none'."""
-    if not _native.HAS_NATIVE:
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[1])
+    ctx.num_inputs = len(inputs)
+    ctx.student_numel = inputs[0].numel()
+
+
+def register_loss_autograd(qualname: str) -> None:
+    """Register the shared backward for op `qualname` ("namespace::name") returning (loss, grad)."""
+    op_name = "kdkernels." + qualname.split("::")[1]
+
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        ctx.op_name = op_name
+
+    torch.library.register_autograd(qualname, _backward, setup_context=setup_context)
+
+
+def _check_no_forward_ad(op: str, student: torch.Tensor) -> None:
+    if torch.compiler.is_compiling():
         return
-    qualname = f"kdkernels::{name}"
-    reduction_index = {"confidence_masked_mse": 5, "soft_label_kl": 5, "adaptive_distillation_loss": 8}[name]
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    jvp = interpreter is not None and interpreter.key() == torch._C._functorch.TransformType.Jvp
+    dual = forward_ad._current_level >= 0 and forward_ad.unpack_dual(student).tangent is not None
+    if jvp or dual:
+        raise RuntimeError(f"kdkernels.{op}: forward-mode AD (torch.func.jvp, "
+                           f"torch.autograd.forward_ad) is not supported by the fused kdkernels "
+                           f"backends; {_ONLY_REFERENCE}")
 
-    @torch.library.register_fake(qualname)
-    def _fake(*args):
-        student, reduction, compute_grad = args[0], args[reduction_index], args[-1]
-        torch._check(student.shape == args[1].shape, lambda: f"{name}: student/teacher shapes differ")
-        shape = fake_loss_shape(student) if reduction == "none" else ()
-        loss = student.new_empty(shape)
-        grad = student.new_empty(student.shape) if compute_grad else student.new_empty((0,))
-        return loss, grad
 
-    def _setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(output[1])
-        ctx.num_inputs = len(inputs)
-        ctx.student_numel = inputs[0].numel()
-        ctx.qualname = qualname
-
-    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+def call_fused(backend: str, op: str, student: torch.Tensor, *args) -> torch.Tensor:
+    """Run `op` on a fused backend with the C++ schema's arguments after the student (the trailing
+    compute_grad is added here) and return the loss."""
+    _check_no_forward_ad(op, student)
+    compute_grad = torch.is_grad_enabled() and student.requires_grad
+    loss, _ = _backend.fused_op(backend, op)(student, *args, compute_grad)
+    return loss

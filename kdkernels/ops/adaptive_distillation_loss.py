@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend, _validate as V, reference
-from ._registration import register_loss_op
+from .. import _backend, _native, _validate as V, reference
+from ._registration import call_fused, register_loss_autograd
 
-register_loss_op("adaptive_distillation_loss", lambda student: student.shape[:1])
+if _native.HAS_NATIVE:
+    @torch.library.register_fake("kdkernels::adaptive_distillation_loss")
+    def _adaptive_distillation_loss_fake(student_logits, teacher_logits, weight, temperature, beta,
+                                         gamma, mode, detach_weight, reduction, eps, compute_grad):
+        """(R, K) logits → (loss: () or (R,) for "none", grad: (R, K) or (0,))."""
+        V.fake_row_loss_checks("adaptive_distillation_loss", student_logits, teacher_logits, weight)
+        return V.fake_loss_and_grad(student_logits, student_logits.shape[:1], reduction, compute_grad)
+
+    register_loss_autograd("kdkernels::adaptive_distillation_loss")
 
 
 def adaptive_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
@@ -55,17 +63,13 @@ def adaptive_distillation_loss(student_logits: torch.Tensor, teacher_logits: tor
         raise TypeError(f"detach_weight must be a bool, got {detach_weight!r}")
     eps = V.positive(eps, "eps")
     backend = _backend.resolve(s.device, "adaptive_distillation_loss")
+    V.check_weight_values(w, "adaptive_distillation_loss", backend)
     if backend == "reference":
         loss = reference.adaptive_distillation_loss(s, t, temperature=temperature, beta=beta,
                                                     gamma=gamma, mode=mode, weight=w,
                                                     reduction=reduction,
                                                     detach_weight=detach_weight, eps=eps)
-    elif backend == "triton":
-        from ..triton.adaptive_distillation_loss import adaptive_distillation_loss_triton
-        loss = adaptive_distillation_loss_triton(s, t.detach(), w, temperature, beta, gamma, mode,
-                                                 detach_weight, reduction, eps)
     else:
-        compute_grad = torch.is_grad_enabled() and s.requires_grad
-        loss, _ = torch.ops.kdkernels.adaptive_distillation_loss(
-            s, t.detach(), w, temperature, beta, gamma, mode, detach_weight, reduction, eps, compute_grad)
+        loss = call_fused(backend, "adaptive_distillation_loss", s, t.detach(), w, temperature, beta,
+                          gamma, mode, detach_weight, reduction, eps)
     return loss.reshape(student_logits.shape[:-1]) if reduction == "none" else loss

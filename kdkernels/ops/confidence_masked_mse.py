@@ -3,10 +3,23 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend, _validate as V, reference
-from ._registration import register_loss_op
+from .. import _backend, _native, _validate as V, reference
+from ._registration import call_fused, register_loss_autograd
 
-register_loss_op("confidence_masked_mse", lambda student: student.shape)
+if _native.HAS_NATIVE:
+    @torch.library.register_fake("kdkernels::confidence_masked_mse")
+    def _confidence_masked_mse_fake(student, teacher, confidence, threshold, power, reduction, eps,
+                                    compute_grad):
+        """(N, C, H, W) features, (N, H, W) confidence → (loss: () or (N, C, H, W), grad)."""
+        torch._check(student.dim() == 4, lambda: "confidence_masked_mse: student must be (N, C, H, W)")
+        torch._check(student.shape == teacher.shape,
+                     lambda: "confidence_masked_mse: student and teacher shapes differ")
+        n, _, h, w = student.shape
+        torch._check(confidence.shape == (n, h, w),
+                     lambda: f"confidence_masked_mse: confidence must be (N, H, W) = {(n, h, w)}")
+        return V.fake_loss_and_grad(student, student.shape, reduction, compute_grad)
+
+    register_loss_autograd("kdkernels::confidence_masked_mse")
 
 
 def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, confidence: torch.Tensor, *,
@@ -43,10 +56,5 @@ def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, confiden
     if backend == "reference":
         return reference.confidence_masked_mse(student, teacher, conf, threshold=threshold,
                                                power=power, reduction=reduction, eps=eps)
-    if backend == "triton":
-        from ..triton.confidence_masked_mse import confidence_masked_mse_triton
-        return confidence_masked_mse_triton(student, teacher.detach(), conf, threshold, power, reduction, eps)
-    compute_grad = torch.is_grad_enabled() and student.requires_grad
-    loss, _ = torch.ops.kdkernels.confidence_masked_mse(
-        student, teacher.detach(), conf, threshold, power, reduction, eps, compute_grad)
-    return loss
+    return call_fused(backend, "confidence_masked_mse", student, teacher.detach(), conf, threshold,
+                      power, reduction, eps)

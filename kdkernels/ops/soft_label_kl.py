@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend, _validate as V, reference
-from ._registration import register_loss_op
+from .. import _backend, _native, _validate as V, reference
+from ._registration import call_fused, register_loss_autograd
 
-register_loss_op("soft_label_kl", lambda student: student.shape[:1])
+if _native.HAS_NATIVE:
+    @torch.library.register_fake("kdkernels::soft_label_kl")
+    def _soft_label_kl_fake(student_logits, teacher_logits, weight, temperature, mode, reduction,
+                            eps, compute_grad):
+        """(R, K) logits → (loss: () or (R,) for "none", grad: (R, K) or (0,))."""
+        V.fake_row_loss_checks("soft_label_kl", student_logits, teacher_logits, weight)
+        return V.fake_loss_and_grad(student_logits, student_logits.shape[:1], reduction, compute_grad)
+
+    register_loss_autograd("kdkernels::soft_label_kl")
 
 
 def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
@@ -44,14 +52,10 @@ def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
     V.choice(reduction, "reduction", V.REDUCTIONS)
     eps = V.positive(eps, "eps")
     backend = _backend.resolve(s.device, "soft_label_kl")
+    V.check_weight_values(w, "soft_label_kl", backend)
     if backend == "reference":
         loss = reference.soft_label_kl(s, t, temperature=temperature, mode=mode, weight=w,
                                        reduction=reduction, eps=eps)
-    elif backend == "triton":
-        from ..triton.soft_label_kl import soft_label_kl_triton
-        loss = soft_label_kl_triton(s, t.detach(), w, temperature, mode, reduction, eps)
     else:
-        compute_grad = torch.is_grad_enabled() and s.requires_grad
-        loss, _ = torch.ops.kdkernels.soft_label_kl(s, t.detach(), w, temperature, mode, reduction,
-                                                    eps, compute_grad)
+        loss = call_fused(backend, "soft_label_kl", s, t.detach(), w, temperature, mode, reduction, eps)
     return loss.reshape(student_logits.shape[:-1]) if reduction == "none" else loss

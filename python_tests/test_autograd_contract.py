@@ -1,0 +1,158 @@
+"""Autograd as an ordinary loss (docs/METHOD.md, "Autograd"), on every backend:
+retain_graph, repeated backward, gradient accumulation, in-place ops on .grad, no aliasing of a
+buffer the op keeps or reuses; double backward and forward-mode AD correct (reference) or a clear
+error naming the op (fused backends)."""
+import pytest
+import torch
+
+import kdkernels
+from conftest import ALL_BACKENDS, FUSED_BACKENDS
+
+
+def _row_inputs(device):
+    return torch.randn(12, 7, device=device), torch.randn(12, 7, device=device), torch.rand(12, device=device)
+
+
+# name → (make inputs on device, loss of (student, *rest) with the backend that is selected)
+OPS = {
+    "masked_mse": (
+        lambda d: (torch.randn(2, 3, 5, 4, device=d), torch.randn(2, 3, 5, 4, device=d), torch.rand(2, 5, 4, device=d)),
+        lambda s, t, c: kdkernels.confidence_masked_mse(s, t, c, threshold=0.3, power=2.0)),
+    "kl_sigmoid": (_row_inputs, lambda s, t, w: kdkernels.soft_label_kl(s, t, mode="sigmoid", weight=w, temperature=2.0)),
+    "kl_softmax": (_row_inputs, lambda s, t, w: kdkernels.soft_label_kl(s, t, mode="softmax", weight=w)),
+    "adl_sigmoid": (_row_inputs, lambda s, t, w: kdkernels.adaptive_distillation_loss(s, t, weight=w, mode="sigmoid")),
+    "adl_softmax": (_row_inputs, lambda s, t, w: kdkernels.adaptive_distillation_loss(s, t, weight=w, mode="softmax")),
+}
+
+
+def _reference_grad(op, s, rest, scale=1.0):
+    with kdkernels.use_backend("reference"):
+        x = s.detach().clone().requires_grad_(True)
+        (OPS[op][1](x, *rest) * scale).backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_retain_graph_and_repeated_backward(backend, op):
+    make, fn = OPS[op]
+    s0, *rest = make(backend.device)
+    g1 = _reference_grad(op, s0, rest)
+    s = s0.clone().requires_grad_(True)
+    loss = fn(s, *rest)
+    loss.backward(retain_graph=True)
+    first = s.grad.clone()
+    loss.backward(retain_graph=True)
+    loss.backward()  # the third call frees the graph
+    torch.testing.assert_close(first, g1)
+    torch.testing.assert_close(s.grad, 3 * g1)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_inplace_grad_op_between_retained_backwards(backend, op):
+    """clip_grad_norm_ / zero_grad(set_to_none=False) on .grad between two backward calls of a
+    retained graph: no "modified by an inplace operation" error and the exact accumulated value."""
+    make, fn = OPS[op]
+    s0, *rest = make(backend.device)
+    g1 = _reference_grad(op, s0, rest)
+    s = s0.clone().requires_grad_(True)
+    loss = fn(s, *rest)
+    loss.backward(retain_graph=True)
+    s.grad.mul_(0.25)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(s.grad, 1.25 * g1)
+    s.grad.zero_()
+    loss.backward()
+    torch.testing.assert_close(s.grad, g1)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_accumulation_over_micro_batches_and_inplace_grad_ops(backend, op):
+    """Two micro-batches accumulate; clip_grad_norm_ and zero_grad(set_to_none=False) modify .grad
+    in place; a third step then still gives exactly the reference gradient."""
+    make, fn = OPS[op]
+    batches = [make(backend.device) for _ in range(3)]
+    s = torch.zeros_like(batches[0][0]).requires_grad_(True)
+    for b in batches[:2]:
+        fn(s + b[0], *b[1:]).backward()
+    expected = _reference_grad(op, batches[0][0], batches[0][1:]) + _reference_grad(op, batches[1][0], batches[1][1:])
+    torch.testing.assert_close(s.grad, expected)
+    torch.nn.utils.clip_grad_norm_([s], max_norm=1e-3)
+    opt = torch.optim.SGD([s], lr=0.1)
+    opt.zero_grad(set_to_none=False)
+    assert torch.all(s.grad == 0)
+    fn(s.detach() * 0 + batches[2][0], *batches[2][1:])  # a forward that reuses freed buffers
+    fn(s + batches[2][0], *batches[2][1:]).backward()
+    torch.testing.assert_close(s.grad, _reference_grad(op, batches[2][0], batches[2][1:]))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_returned_gradient_is_not_reused(backend, op):
+    """A leaf's .grad from one step is not overwritten by later forward/backward calls of the op
+    (the op hands its buffer over, it does not keep or recycle it while it is in use)."""
+    make, fn = OPS[op]
+    s1, *rest = make(backend.device)
+    s1.requires_grad_(True)
+    fn(s1, *rest).backward()
+    kept = s1.grad.clone()
+    for _ in range(3):
+        s2 = torch.randn_like(s1).requires_grad_(True)
+        fn(s2, *rest).backward()
+        assert s2.grad.data_ptr() != s1.grad.data_ptr()
+    torch.testing.assert_close(s1.grad, kept, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_scaled_and_shared_graph(backend, op):
+    """The loss used twice in one graph, scaled by a non-unit factor, and its retained graph
+    differentiated with torch.autograd.grad."""
+    make, fn = OPS[op]
+    s0, *rest = make(backend.device)
+    g1 = _reference_grad(op, s0, rest)
+    s = s0.clone().requires_grad_(True)
+    loss = fn(s, *rest)
+    (g_a,) = torch.autograd.grad(loss * 0.5 + loss, s, retain_graph=True)
+    (g_b,) = torch.autograd.grad(loss, s)
+    torch.testing.assert_close(g_a, 1.5 * g1)
+    torch.testing.assert_close(g_b, g1)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_double_backward_is_a_clear_error(backend, op):
+    make, fn = OPS[op]
+    s, *rest = make(backend.device)
+    s.requires_grad_(True)
+    with pytest.raises(RuntimeError, match=r"kdkernels\.\w+: double backward .*reference"):
+        torch.autograd.grad(fn(s, *rest), s, create_graph=True)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_forward_ad_is_a_clear_error(backend, op):
+    import torch.autograd.forward_ad as fwAD
+    make, fn = OPS[op]
+    s, *rest = make(backend.device)
+    with pytest.raises(RuntimeError, match=r"kdkernels\.\w+: forward-mode AD"):
+        torch.func.jvp(lambda x: fn(x, *rest), (s,), (torch.ones_like(s),))
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match=r"kdkernels\.\w+: forward-mode AD"):
+        fn(fwAD.make_dual(s, torch.ones_like(s)), *rest)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_reference_backend_double_backward_and_jvp(op):
+    """What the error messages point to works: Hessian-vector products and jvp on "reference"."""
+    make, fn = OPS[op]
+    s, *rest = make("cpu")
+    s = s.double().requires_grad_(True)
+    rest = [r.double() for r in rest]
+    with kdkernels.use_backend("reference"):
+        assert torch.autograd.gradgradcheck(lambda x: fn(x, *rest), (s,))
+        v = torch.randn_like(s)
+        _, tangent = torch.func.jvp(lambda x: fn(x, *rest), (s.detach(),), (v,))
+        (g,) = torch.autograd.grad(fn(s, *rest), s)
+    torch.testing.assert_close(tangent, (g * v).sum())
