@@ -1,0 +1,162 @@
+"""Numerics and validation contract (docs/METHOD.md, "Edge cases and numerics"), every backend:
+NaN in → NaN out, masked-out pixels exactly 0, a zero normaliser gives 0 for any eps, non-finite
+hyperparameters and bad weights are errors naming the argument — also under torch.compile."""
+import math
+
+import pytest
+import torch
+
+import kdkernels
+from conftest import ALL_BACKENDS, run_with_grad
+
+INF, NAN = math.inf, math.nan
+ROW_OPS = {"soft_label_kl": kdkernels.soft_label_kl, "adl": kdkernels.adaptive_distillation_loss}
+
+
+def _feats(device, n=2, c=3, h=4, w=5):
+    return torch.randn(n, c, h, w, device=device), torch.randn(n, c, h, w, device=device)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nan_confidence_propagates(backend, reduction):
+    s, t = _feats(backend.device)
+    conf = torch.rand(2, 4, 5, device=backend.device)
+    conf[1, 2, 3] = NAN
+    loss = kdkernels.confidence_masked_mse(s, t, conf, threshold=0.5, reduction=reduction)
+    if reduction == "none":
+        assert torch.isnan(loss[1, :, 2, 3]).all() and not torch.isnan(loss[0]).any()
+    else:
+        assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("power", [-1.0, 0.5, 2.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_masked_out_pixels_contribute_exactly_zero(backend, power, reduction):
+    """conf < threshold: 0 in loss and gradient even with inf/NaN features there, a negative
+    power at conf = 0, or a fractional power of a negative confidence."""
+    s, t = _feats(backend.device)
+    conf = torch.rand(2, 4, 5, device=backend.device) * 0.5 + 0.5
+    conf[0, 0, 0], conf[0, 1, 1], conf[1, 0, 2], conf[1, 3, 4] = 0.0, -0.3, 0.1, 0.2  # masked out
+    s[0, :, 0, 0], t[1, :, 0, 2], s[1, 1, 3, 4] = INF, NAN, NAN
+    loss, grad = run_with_grad(lambda x: kdkernels.confidence_masked_mse(
+        x, t, conf, threshold=0.4, power=power, reduction=reduction), s)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    masked = (conf < 0.4).unsqueeze(1).expand_as(s)
+    assert torch.all(grad[masked] == 0)
+    if reduction == "none":
+        assert torch.all(loss[masked] == 0)
+    keep = ~masked
+    with kdkernels.use_backend("reference"):
+        ref = kdkernels.confidence_masked_mse(torch.where(keep, s, 0.0), torch.where(keep, t, 0.0), conf,
+                                              threshold=0.4, power=power, reduction=reduction)
+    torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(ROW_OPS))
+@pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
+def test_nan_and_inf_logits_propagate(backend, op, mode):
+    s, t = torch.randn(4, 6, device=backend.device), torch.randn(4, 6, device=backend.device)
+    s[1, 2] = NAN
+    rows = ROW_OPS[op](s, t, mode=mode, reduction="none")
+    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2, 3]]).all()
+    assert torch.isnan(ROW_OPS[op](s, t, mode=mode))
+    s[1, 2], t[3, 0] = 0.0, NAN
+    assert torch.isnan(ROW_OPS[op](s, t, mode=mode, reduction="none")[3])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("eps", [1e-300, 1e-6])
+def test_zero_normaliser_gives_zero_for_any_eps(backend, dtype, eps):
+    s, t = (x.to(dtype) for x in _feats(backend.device))
+    empty = torch.zeros(2, 4, 5, device=backend.device)
+    loss, grad = run_with_grad(lambda x: kdkernels.confidence_masked_mse(x, t, empty, threshold=0.5, eps=eps), s)
+    assert loss.item() == 0 and torch.all(grad == 0)
+    ls, lt = torch.randn(5, 7, device=backend.device, dtype=dtype), torch.randn(5, 7, device=backend.device, dtype=dtype)
+    for op in ROW_OPS.values():
+        for mode in ("softmax", "sigmoid"):
+            loss, grad = run_with_grad(lambda x: op(x, lt, mode=mode, eps=eps,
+                                                    weight=torch.zeros(5, device=backend.device)), ls)
+            assert loss.item() == 0 and torch.all(grad == 0), (op, mode)
+
+
+BAD_HYPER = [
+    ("temperature", INF), ("temperature", NAN), ("eps", INF), ("eps", NAN), ("beta", INF),
+    ("beta", NAN), ("gamma", INF), ("gamma", NAN),
+]
+
+
+def _row_call(op, name, value, s, t, weight=None):
+    kwargs = {name: value} if name else {}
+    if op is kdkernels.soft_label_kl and name in ("beta", "gamma"):
+        op = kdkernels.adaptive_distillation_loss
+    return op(s, t, weight=weight, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name,value", BAD_HYPER)
+def test_non_finite_row_hyperparameters(backend, compiled, name, value):
+    torch._dynamo.reset()
+    s, t = torch.randn(4, 6, device=backend.device), torch.randn(4, 6, device=backend.device)
+    fn = lambda a, b: _row_call(kdkernels.soft_label_kl, name, value, a, b)  # noqa: E731
+    fn = torch.compile(fn, fullgraph=True, backend="aot_eager") if compiled else fn
+    with pytest.raises(Exception, match=name) as info:
+        fn(s, t)
+    assert isinstance(info.value, ValueError) or "ValueError" in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name,value", [("threshold", INF), ("threshold", NAN), ("power", INF),
+                                        ("power", NAN), ("eps", INF), ("eps", 0.0)])
+def test_non_finite_mse_hyperparameters(backend, compiled, name, value):
+    torch._dynamo.reset()
+    s, t = _feats(backend.device)
+    conf = torch.rand(2, 4, 5, device=backend.device)
+    fn = lambda a, b, c: kdkernels.confidence_masked_mse(a, b, c, **{name: value})  # noqa: E731
+    fn = torch.compile(fn, fullgraph=True, backend="aot_eager") if compiled else fn
+    with pytest.raises(Exception, match=name):
+        fn(s, t, conf)
+
+
+@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.values[0].device == "cpu"], indirect=True)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("op", list(ROW_OPS))
+@pytest.mark.parametrize("bad", [-1.0, INF, NAN])
+def test_bad_weight_values_are_errors(backend, compiled, op, bad):
+    """Negative or non-finite weights name `weight`, in eager and compiled code (CPU tensors; on
+    CUDA with KDKERNELS_CHECK_VALUES=1). Compiled, a negative weight used to give −7e6."""
+    torch._dynamo.reset()
+    s, t = torch.randn(6, 5), torch.randn(6, 5)
+    w = torch.rand(6)
+    w[3] = bad
+    fn = lambda a, b, c: ROW_OPS[op](a, b, weight=c, mode="sigmoid")  # noqa: E731
+    fn = torch.compile(fn, fullgraph=True, backend="aot_eager") if compiled else fn
+    with pytest.raises((ValueError, RuntimeError), match="weight must be finite and >= 0"):
+        fn(s, t, w)
+
+
+def test_backend_switch_recompiles():
+    """use_backend is read inside compiled code on every torch version (Dynamo guards on it)."""
+    torch._dynamo.reset()
+    calls = []
+
+    def counting_backend(gm, example_inputs):
+        calls.append(gm)
+        return gm.forward
+
+    s, t = torch.randn(8, 5), torch.randn(8, 5)
+    fn = torch.compile(lambda a, b: kdkernels.soft_label_kl(a, b, mode="sigmoid"), fullgraph=True,
+                       backend=counting_backend)
+    with kdkernels.use_backend("reference"):
+        ref = fn(s, t)
+    with kdkernels.use_backend("cpu"):
+        fused = fn(s, t)
+    assert len(calls) == 2
+    graph_code = [gm.code for gm in calls]
+    assert "kdkernels" not in graph_code[0] and "kdkernels" in graph_code[1]
+    torch.testing.assert_close(ref, fused)
