@@ -10,8 +10,10 @@ variants computing the same loss:
                                                              warm-up, never timed)
     kdkernels  kdkernels.<op>(...)                           the public op, backend "auto"
 
-and on CUDA, when the extension has its CUDA kernels (so that "auto" means "cuda") and triton is
-installed, a fourth one, ``triton`` = kdkernels.<op> under ``kdkernels.use_backend("triton")``.
+plus one variant per further kdkernels backend that runs on the device, named after it: the
+backends come from ``kdkernels.available_backends(device)`` (fastest first, so its first entry is
+what "auto" picks = the ``kdkernels`` variant; "reference" = eager is left out). On CUDA with the
+CUDA extension and triton that adds ``triton`` = kdkernels.<op> under ``kdkernels.use_backend("triton")``.
 
 Inputs are built by ``Case.setup(size, dtype, device)``; the student requires grad, the teacher,
 the confidence and the weights do not (they are targets).
@@ -134,14 +136,15 @@ class Case:
             f = self.compiled()
         elif variant == "kdkernels":
             f = getattr(kdkernels, self.op)
-        elif variant == "triton":
+        elif variant in kdkernels.BACKENDS and variant != "auto":   # one pinned backend
             op = getattr(kdkernels, self.op)
 
             def f(*args, **kwargs):
-                with kdkernels.use_backend("triton"):
+                with kdkernels.use_backend(variant):
                     return op(*args, **kwargs)
         else:
-            raise ValueError(f"variant must be one of {VARIANTS + ('triton',)}, got {variant!r}")
+            raise ValueError(f"variant must be one of {VARIANTS} or a backend of "
+                             f"{kdkernels.BACKENDS[1:]}, got {variant!r}")
 
         def loss(inp: Inputs) -> torch.Tensor:
             return f(inp.student, inp.teacher, *inp.extra, **inp.kwargs)
@@ -154,12 +157,14 @@ class Case:
 
 
 def variants_for(device) -> tuple[str, ...]:
-    """The variants benchmarked on `device`: VARIANTS, plus "triton" on CUDA when it differs from auto."""
+    """The variants benchmarked on `device`: VARIANTS, plus every further backend of
+    ``kdkernels.available_backends(device)`` after the first (which "auto" = ``kdkernels`` runs),
+    "reference" excepted (that is eager). Triton on a CPU device is its interpreter (a test
+    mode, TRITON_INTERPRET=1), not a kernel worth timing: left out."""
     device = torch.device(device)
-    info = kdkernels.build_info()
-    if device.type == "cuda" and "cuda" in info["compiled_backends"] and info["triton"]:
-        return VARIANTS + ("triton",)
-    return VARIANTS
+    extra = tuple(b for b in kdkernels.available_backends(device)[1:]
+                  if b != "reference" and not (b == "triton" and device.type != "cuda"))
+    return VARIANTS + extra
 
 
 def forward(fn: Callable[[Inputs], torch.Tensor], inp: Inputs) -> torch.Tensor:
