@@ -39,7 +39,7 @@ def assert_close(actual, expected, dtype, what=""):
     rtol, atol = TOL[dtype]
     expected = expected.double()
     scale = expected.abs().max().item() if expected.numel() else 0.0
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol * max(scale, 1.0),
+    torch.testing.assert_close(actual.double().cpu(), expected.cpu(), rtol=rtol, atol=atol * max(scale, 1.0),
                                msg=lambda m: f"{what}: {m}")
 
 
@@ -47,7 +47,7 @@ def run_with_grad(fn, student, upstream=None):
     """loss = fn(student'); grad of (loss · upstream).sum() with respect to the student."""
     s = student.detach().clone().requires_grad_(True)
     loss = fn(s)
-    up = torch.ones_like(loss) * 2.0 if upstream is None else upstream.to(loss.dtype)
+    up = torch.ones_like(loss) * 2.0 if upstream is None else upstream.to(loss.device, loss.dtype)
     (loss * up).sum().backward()
     return loss.detach(), s.grad
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kdkernels
-from conftest import CPU_BACKENDS, DTYPES, assert_close, run_with_grad
+from conftest import ALL_BACKENDS, DTYPES, assert_close, run_with_grad
 
 OPS = {
     "soft_label_kl": (kdkernels.soft_label_kl, kdkernels.reference.soft_label_kl, {}),
@@ -25,7 +25,7 @@ def make(lead, k, dtype, scale=3.0):
     return s, t
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
@@ -39,7 +39,9 @@ def test_matches_reference(backend, op, dtype, mode, reduction, shape, weighted)
     w = torch.rand(lead) if weighted else None
     kw = dict(temperature=2.0, mode=mode, reduction=reduction, **extra)
     up = torch.randn(lead, dtype=torch.float64) if reduction == "none" else None
-    loss, grad = run_with_grad(lambda x: fn(x, t, weight=w, **kw), s, up)
+    dev = backend.device
+    loss, grad = run_with_grad(lambda x: fn(x, t.to(dev), weight=None if w is None else w.to(dev), **kw),
+                               s.to(dev), up)
     ref_loss, ref_grad = run_with_grad(
         lambda x: ref(x, t.double(), weight=None if w is None else w.double(), **kw), s.double(), up)
     assert loss.shape == ref_loss.shape
@@ -47,14 +49,14 @@ def test_matches_reference(backend, op, dtype, mode, reduction, shape, weighted)
     assert_close(grad, ref_grad, dtype, "grad")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
 def test_saturated_teacher_and_equal_logits_no_nan(backend, op, mode):
     fn, ref, extra = OPS[op]
     t = torch.tensor([[30.0, -30.0, 0.0, 100.0], [-100.0, -100.0, 100.0, 5.0]], dtype=torch.float64)
     for s in (t.clone(), torch.zeros_like(t), -t):
-        loss, grad = run_with_grad(lambda x: fn(x, t, mode=mode, **extra), s)
+        loss, grad = run_with_grad(lambda x: fn(x, t.to(backend.device), mode=mode, **extra), s.to(backend.device))
         ref_loss, ref_grad = run_with_grad(lambda x: ref(x, t, mode=mode, **extra), s)
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
         assert_close(loss, ref_loss, torch.float64, "loss")
@@ -62,41 +64,45 @@ def test_saturated_teacher_and_equal_logits_no_nan(backend, op, mode):
             assert_close(grad, ref_grad, torch.float64, "grad")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_zero_weights_and_empty_rows(backend, op, mode, reduction):
     fn, _, extra = OPS[op]
-    s, t = make((6,), 5, torch.float32)
-    loss, grad = run_with_grad(lambda x: fn(x, t, mode=mode, weight=torch.zeros(6), reduction=reduction, **extra), s)
+    dev = backend.device
+    s, t = (x.to(dev) for x in make((6,), 5, torch.float32))
+    loss, grad = run_with_grad(lambda x: fn(x, t, mode=mode, weight=torch.zeros(6, device=dev),
+                                            reduction=reduction, **extra), s)
     assert torch.all(loss == 0) and torch.all(grad == 0)
-    s, t = make((0,), 5, torch.float32)
+    s, t = (x.to(dev) for x in make((0,), 5, torch.float32))
     loss, grad = run_with_grad(lambda x: fn(x, t, mode=mode, reduction=reduction, **extra), s)
     assert loss.shape == ((0,) if reduction == "none" else ())
     assert grad.shape == (0, 5) and (reduction == "none" or loss.item() == 0.0)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("op", list(OPS))
 def test_non_contiguous_inputs(backend, op):
     fn, ref, extra = OPS[op]
-    s = torch.randn(80, 33).t()  # (33, 80), column-major
-    t = torch.randn(33, 160)[:, ::2]
-    w = torch.rand(66)[::2]
+    dev = backend.device
+    s = torch.randn(80, 33, device=dev).t()  # (33, 80), column-major
+    t = torch.randn(33, 161, device=dev)[:, 1::2]  # row stride 161, storage offset 1
+    w = torch.rand(67, device=dev)[1::2]  # stride 2, storage offset 1
     loss, grad = run_with_grad(lambda x: fn(x, t, weight=w, mode="sigmoid", **extra), s)
-    ref_loss, ref_grad = run_with_grad(lambda x: ref(x, t.double(), weight=w.double(), mode="sigmoid", **extra), s.double())
+    ref_loss, ref_grad = run_with_grad(lambda x: ref(x, t.double().cpu(), weight=w.double().cpu(), mode="sigmoid", **extra),
+                                       s.double().cpu())
     assert_close(loss, ref_loss, torch.float32, "loss")
     assert_close(grad, ref_grad, torch.float32, "grad")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("op", list(OPS))
 def test_no_gradient_into_teacher_or_weight(backend, op):
     fn, _, extra = OPS[op]
-    s = torch.randn(4, 7, requires_grad=True)
-    t = torch.randn(4, 7, requires_grad=True)
-    w = torch.rand(4, requires_grad=True)
+    s = torch.randn(4, 7, device=backend.device, requires_grad=True)
+    t = torch.randn(4, 7, device=backend.device, requires_grad=True)
+    w = torch.rand(4, device=backend.device, requires_grad=True)
     fn(s, t, weight=w, **extra).backward()
     assert s.grad is not None and t.grad is None and w.grad is None
 
