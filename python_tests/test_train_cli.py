@@ -15,6 +15,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
 
 from kdkernels.train import trainer  # noqa: E402
+from kdkernels.train.checkpoint import load_verified  # noqa: E402
 from kdkernels.train.cli import main  # noqa: E402
 from kdkernels.train.config import load_config  # noqa: E402
 
@@ -95,12 +96,12 @@ def test_make_data(base, data, capsys):
 @pytest.mark.parametrize("mode", ["teacher", "baseline", "distill"])
 def test_stage_outputs_and_atomic_checkpoints(trained, mode):
     out = trained / mode
-    for name in ("model.pt", "checkpoint.pt", "metrics.json", "loss_curve.png", "config_hash.txt"):
+    for name in ("model.pt", "checkpoint.pt", "checkpoint.prev.pt", "metrics.json", "loss_curve.png", "config_hash.txt"):
         assert (out / name).is_file(), name
     assert not list(out.glob(".*tmp*")), "temp files of the atomic save were left behind"
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = load_verified(out / "checkpoint.pt", kind="checkpoint")
     assert ckpt["iteration"] == 3 and ckpt["mode"] == mode
-    model = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    model = load_verified(out / "model.pt", kind="model")
     assert model["num_classes"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert _history_iterations(out / "metrics.json") == [1, 2, 3]
@@ -163,7 +164,7 @@ def test_resume_continues_from_the_checkpoint(base, trained, capsys, monkeypatch
     out = trained / "distill"
     assert _history_iterations(out / "metrics.json") == [1, 2, 3, 4, 5]
     assert json.loads((out / "metrics.json").read_text())["start_iteration"] == 3
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["iteration"] == 5
+    assert load_verified(out / "checkpoint.pt", kind="checkpoint")["iteration"] == 5
     # other settings than the iteration count: --resume refuses with the differing key named
     assert main(["distill", *_args(base, "train.iterations=6", "train.lr=0.5"), "--resume"]) == 1
     assert "train.lr" in capsys.readouterr().err
@@ -185,13 +186,13 @@ def test_crash_then_resume_equals_an_uninterrupted_run(base, data, monkeypatch):
     monkeypatch.setattr(trainer, "_STEP_HOOK", crash)
     with pytest.raises(Crash):
         trainer.train(crashed, "baseline", progress=False)
-    assert torch.load(base / "crashed" / "baseline" / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert load_verified(base / "crashed" / "baseline" / "checkpoint.pt", kind="checkpoint")["iteration"] == 2
     assert not (base / "crashed" / "baseline" / "model.pt").exists()
     monkeypatch.setattr(trainer, "_STEP_HOOK", None)
     metrics = trainer.train(crashed, "baseline", resume=True, progress=False)
     assert metrics["start_iteration"] == 2
-    a = torch.load(base / "full" / "baseline" / "model.pt", weights_only=False)["model"]
-    b = torch.load(base / "crashed" / "baseline" / "model.pt", weights_only=False)["model"]
+    a = load_verified(base / "full" / "baseline" / "model.pt", kind="model")["model"]
+    b = load_verified(base / "crashed" / "baseline" / "model.pt", kind="model")["model"]
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -234,5 +235,5 @@ def test_ddp_two_processes_gloo(base, trained):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out_dir / "distill" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and _history_iterations(out_dir / "distill" / "metrics.json") == [1, 2, 3]
-    assert torch.load(out_dir / "distill" / "model.pt", weights_only=False)["num_classes"] == 2
+    assert load_verified(out_dir / "distill" / "model.pt", kind="model")["num_classes"] == 2
     assert proc.stdout.count("[distill] 3 iterations") == 1  # only rank 0 reports

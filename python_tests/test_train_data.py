@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("pycocotools")
 from PIL import Image  # noqa: E402
 
-from kdkernels.train.data import CocoDetection, ImageFolder, collate, load_image  # noqa: E402
+from kdkernels.train.data import CocoDetection, ImageFolder, check_same_categories, collate, load_image  # noqa: E402
 from kdkernels.train.synthetic import CATEGORY_IDS, CLASS_NAMES, ensure_synthetic_coco, make_synthetic_coco  # noqa: E402
 
 SMALL = dict(image_size=48, num_train=12, num_unlabeled=4, num_val=5, min_size=5.0)
@@ -351,3 +351,58 @@ def test_image_folder_errors(tmp_path):
     lst.write_text("[1, 2")
     with pytest.raises(ValueError, match=r"list\.json.*invalid JSON"):
         ImageFolder(tmp_path / "empty", file_list=lst)
+
+
+def _unlabeled(tmp_path, n=4):
+    folder = tmp_path / "unl"
+    folder.mkdir()
+    for k in range(n):
+        Image.fromarray(np.full((20, 30, 3), (40 * k) % 256, np.uint8)).save(folder / f"{k}.png")
+    return folder
+
+
+def test_unreadable_images_fail_the_folder_with_the_list(tmp_path):
+    """Policy: unreadable files in an unlabeled folder are an error at construction listing every
+    one of them (skipping would silently shift the index -> file mapping a resumed run relies on)."""
+    folder = _unlabeled(tmp_path)
+    good = (folder / "1.png").read_bytes()
+    (folder / "1.png").write_bytes(good[:len(good) // 2])  # truncated
+    (folder / "3.png").write_bytes(b"not an image at all")  # garbage
+    (folder / "2.png").write_bytes(b"")  # empty
+    with pytest.raises(ValueError) as exc:
+        ImageFolder(folder)
+    msg = str(exc.value)
+    assert str(folder) in msg and "3 unreadable" in msg, msg
+    for name in ("1.png", "2.png", "3.png"):
+        assert name in msg
+    assert "0.png" not in msg
+    with pytest.raises(ValueError, match=r"1 unreadable.*3\.png"):
+        ImageFolder(folder, file_list=["0.png", "3.png"])
+    assert len(ImageFolder(folder, file_list=["0.png"])) == 1
+    assert len(ImageFolder(folder, check_images=False)) == 4  # opt-out: found at load time instead
+
+
+def test_unreadable_image_list_is_capped(tmp_path):
+    folder = _unlabeled(tmp_path, n=14)
+    for k in range(14):
+        (folder / f"{k}.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"14 unreadable.*and 4 more"):
+        ImageFolder(folder)
+
+
+def test_train_val_categories_must_agree(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, train = _fixture(tmp_path / "a", [_ann(1)])
+    _, val = _fixture(tmp_path / "b", [_ann(1)])
+    check_same_categories(train, val)  # same ids and names
+    _, val = _fixture(tmp_path / "b", [_ann(1)], categories=[{"id": 4, "name": "x"}, {"id": 11, "name": "z"}])
+    with pytest.raises(ValueError) as exc:
+        check_same_categories(train, val)
+    msg = str(exc.value)
+    assert str(train) in msg and str(val) in msg and "11" in msg and "'y'" in msg and "'z'" in msg, msg
+    _, val = _fixture(tmp_path / "b", [_ann(1)], categories=[{"id": 4, "name": "x"}])
+    with pytest.raises(ValueError) as exc:
+        check_same_categories(train, val)
+    msg = str(exc.value)
+    assert "11 'y' only in" in msg and str(train) in msg and str(val) in msg, msg

@@ -8,6 +8,9 @@
     kdkernels-train demo     [--config C]          # all of the above, then the AP table
     kdkernels-train step-bench [--config C]        # KD share of a training step, kdkernels vs eager
 Configs are YAML (packaged presets: demo, paper); `--set key=value` overrides any field.
+Errors (bad config, data, checkpoint or teacher file) print one line naming the key or file and exit
+with 1 (2 for config errors). Ctrl-C / SIGTERM while training saves a checkpoint at the end of the
+current step and exits with 130 / 143; `--resume` continues from it.
 """
 from __future__ import annotations
 
@@ -186,7 +189,8 @@ def main(argv=None) -> int:
     for mode in STAGES:
         p = sub.add_parser(mode, help=f"train the {mode} model")
         _add_config_args(p)
-        p.add_argument("--resume", action="store_true", help="continue from <out_dir>/<mode>/checkpoint.pt")
+        p.add_argument("--resume", action="store_true",
+                       help="continue from <out_dir>/<mode>/checkpoint.pt (or checkpoint.prev.pt if it is damaged)")
     p = sub.add_parser("eval", help="COCO AP of trained models on the val split")
     _add_config_args(p)
     p.add_argument("--which", nargs="+", choices=STAGES, default=list(STAGES))
@@ -210,8 +214,24 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TimeoutError) as exc:
         print(f"kdkernels-train {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"kdkernels-train {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from .trainer import TrainingInterrupted
+        if not isinstance(exc, TrainingInterrupted):
+            raise
+        print(f"kdkernels-train {args.command}: {exc}; {_resume_hint(args, exc)}", file=sys.stderr)
+        return exc.exit_code
     finally:
         _shutdown_distributed()
+
+
+def _resume_hint(args, exc) -> str:
+    """How to continue an interrupted command."""
+    if args.command == "demo":
+        return "run the same kdkernels-train demo command again to continue (it resumes the stage)"
+    return f"continue with: kdkernels-train {exc.mode} --resume (with the same --config/--set options)"
 
 
 def _shutdown_distributed():

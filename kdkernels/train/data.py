@@ -12,6 +12,11 @@ the record named: invalid JSON (``ValueError`` with the line/column), a missing 
 unknown category or image id (``ValueError`` with the annotation id and image id). Crowd annotations
 (``iscrowd=1``) and boxes of zero width or height are skipped, as is the convention, and counted in
 ``.skipped`` with one warning that sums them up.
+
+An unlabelled ``ImageFolder`` decodes every image when it is built: unreadable files (garbage,
+truncated, empty) are a ``ValueError`` listing them, not skipped, so a run never starts on a folder
+it would later trip over, and the index -> file mapping that resumed runs rely on never shifts.
+``check_same_categories`` makes a train/val pair with different categories an error naming both files.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["CocoDetection", "ImageFolder", "collate", "load_image", "IMAGE_EXTENSIONS"]
+__all__ = ["CocoDetection", "ImageFolder", "check_same_categories", "collate", "load_image", "read_categories",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 BOX_TOLERANCE = 0.5  # px a box may overhang its image (rounding in real annotation files); clipped
@@ -82,6 +88,101 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _read_instances(ann_file: Path) -> dict:
+    """The annotation file's JSON, checked to be a COCO instances object ('annotations' defaults to [])."""
+    data = _read_json(ann_file)
+    where = str(ann_file)
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a COCO instances object, got {type(data).__name__}")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{where}: missing or non-list {key!r}")
+    if not isinstance(data.get("annotations", []), list):
+        raise ValueError(f"{where}: 'annotations' must be a list")
+    data.setdefault("annotations", [])
+    return data
+
+
+def _parse_categories(categories: list, where: str) -> dict:
+    """{category id: name} of a COCO 'categories' list; ValueError for a missing or duplicate id."""
+    file_cats = {}
+    for k, c in enumerate(categories):
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise ValueError(f"{where}: categories[{k}] has no integer 'id': {c!r}")
+        if c["id"] in file_cats:
+            raise ValueError(f"{where}: duplicate category id {c['id']}")
+        file_cats[c["id"]] = str(c.get("name", c["id"]))
+    return file_cats
+
+
+def _parse_images(records: list, where: str, images_dir: Path | None) -> dict:
+    """{image id: record} of a COCO 'images' list; with ``images_dir``, every file must exist there."""
+    images = {}
+    for k, im in enumerate(records):
+        if not isinstance(im, dict) or not _is_int(im.get("id")):
+            raise ValueError(f"{where}: images[{k}] has no integer 'id': {im!r}")
+        iid = im["id"]
+        if iid in images:
+            raise ValueError(f"{where}: duplicate image id {iid}")
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            raise ValueError(f"{where}: image id {iid} has no 'file_name'")
+        for dim in ("width", "height"):
+            if not _is_number(im.get(dim)) or im[dim] <= 0:
+                raise ValueError(f"{where}: image id {iid} ({im['file_name']}) has no positive {dim!r}: "
+                                 f"{im.get(dim)!r}")
+        if images_dir is not None and not (images_dir / im["file_name"]).is_file():
+            raise FileNotFoundError(f"{where}: image file not found: {images_dir / im['file_name']} "
+                                    f"(image id {iid})")
+        images[iid] = im
+    return images
+
+
+def _check_bbox(bbox, image: dict, rec: str) -> tuple:
+    """An annotation's [x, y, w, h]: 4 finite numbers, no negative size, inside the image (within
+    BOX_TOLERANCE px)."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        raise ValueError(f"{rec}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    if w < 0 or h < 0:
+        raise ValueError(f"{rec}: bbox {list(bbox)} has negative width or height")
+    W, H = float(image["width"]), float(image["height"])
+    t = BOX_TOLERANCE
+    if x < -t or y < -t or x + w > W + t or y + h > H + t:
+        raise ValueError(f"{rec}: bbox {list(bbox)} [x, y, w, h] is outside the image "
+                         f"({image['file_name']}, {W:g}x{H:g})")
+    return x, y, w, h
+
+
+def _coco_index(data: dict):
+    """A pycocotools COCO object over the (checked) annotation data, built without its prints."""
+    from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def read_categories(ann_file) -> dict:
+    """{category id: name} of a COCO instances file (checked like CocoDetection does)."""
+    ann_file = Path(ann_file)
+    return _parse_categories(_read_instances(ann_file)["categories"], str(ann_file))
+
+
+def check_same_categories(train_ann, val_ann) -> None:
+    """ValueError naming both files unless their categories have the same ids and names (labels are
+    category ids in sorted order, so a model trained on one file is evaluated on the other)."""
+    train, val = read_categories(train_ann), read_categories(val_ann)
+    if train == val:
+        return
+    diff = [f"{c} {train[c]!r} only in {train_ann}" for c in sorted(set(train) - set(val))]
+    diff += [f"{c} {val[c]!r} only in {val_ann}" for c in sorted(set(val) - set(train))]
+    diff += [f"{c} is {train[c]!r} in train, {val[c]!r} in val" for c in sorted(set(train) & set(val))
+             if train[c] != val[c]]
+    raise ValueError(f"the train annotations {train_ann} and the val annotations {val_ann} have different "
+                     f"categories (category id, name): {'; '.join(diff)}")
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO instances file (bounding boxes) as a torch Dataset.
 
@@ -98,25 +199,22 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = Path(ann_file)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir} (for {self.ann_file})")
-        data = _read_json(self.ann_file)
         where = str(self.ann_file)
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a COCO instances object, got {type(data).__name__}")
-        for key in ("images", "categories"):
-            if not isinstance(data.get(key), list):
-                raise ValueError(f"{where}: missing or non-list {key!r}")
-        if not isinstance(data.get("annotations", []), list):
-            raise ValueError(f"{where}: 'annotations' must be a list")
-        data.setdefault("annotations", [])
+        data = _read_instances(self.ann_file)
+        file_cats = _parse_categories(data["categories"], where)
+        self._set_categories(file_cats, category_ids, where)
+        images = _parse_images(data["images"], where, self.images_dir if check_files else None)
+        boxes, labels, self.skipped = self._parse_annotations(data["annotations"], images, file_cats, where)
+        if self.skipped:
+            warnings.warn(f"{where}: skipped {sum(self.skipped.values())} annotations ("
+                          + ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) + ")", stacklevel=2)
+        self._set_items(images, boxes, labels)
+        self.cache_images = cache_images
+        self._cache = {}
+        self.coco = _coco_index(data)
 
-        # categories
-        file_cats = {}
-        for k, c in enumerate(data["categories"]):
-            if not isinstance(c, dict) or not _is_int(c.get("id")):
-                raise ValueError(f"{where}: categories[{k}] has no integer 'id': {c!r}")
-            if c["id"] in file_cats:
-                raise ValueError(f"{where}: duplicate category id {c['id']}")
-            file_cats[c["id"]] = str(c.get("name", c["id"]))
+    def _set_categories(self, file_cats: dict, category_ids, where: str) -> None:
+        """The label mapping: ``category_ids`` (sorted) or every category of the file."""
         if category_ids is None:
             cat_ids = sorted(file_cats)
         else:
@@ -134,89 +232,62 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_classes = len(cat_ids)
         self._cat_to_label = {c: k for k, c in enumerate(cat_ids)}
 
-        # images
-        images = {}
-        for k, im in enumerate(data["images"]):
-            if not isinstance(im, dict) or not _is_int(im.get("id")):
-                raise ValueError(f"{where}: images[{k}] has no integer 'id': {im!r}")
-            iid = im["id"]
-            if iid in images:
-                raise ValueError(f"{where}: duplicate image id {iid}")
-            if not isinstance(im.get("file_name"), str) or not im["file_name"]:
-                raise ValueError(f"{where}: image id {iid} has no 'file_name'")
-            for dim in ("width", "height"):
-                if not _is_number(im.get(dim)) or im[dim] <= 0:
-                    raise ValueError(f"{where}: image id {iid} ({im['file_name']}) has no positive {dim!r}: "
-                                     f"{im.get(dim)!r}")
-            if check_files and not (self.images_dir / im["file_name"]).is_file():
-                raise FileNotFoundError(f"{where}: image file not found: {self.images_dir / im['file_name']} "
-                                        f"(image id {iid})")
-            images[iid] = im
-
-        # annotations
+    def _parse_annotations(self, annotations: list, images: dict, file_cats: dict, where: str):
+        """Checked boxes (xyxy, clipped) and labels per image id; crowd and degenerate boxes are counted
+        in the returned ``skipped`` instead."""
         boxes = {iid: [] for iid in images}
         labels = {iid: [] for iid in images}
         skipped = {}
         seen = set()
-        for k, a in enumerate(data["annotations"]):
-            if not isinstance(a, dict) or not _is_int(a.get("id")):
-                raise ValueError(f"{where}: annotations[{k}] has no integer 'id': {a!r}")
-            aid = a["id"]
-            if aid in seen:
-                raise ValueError(f"{where}: duplicate annotation id {aid}")
-            seen.add(aid)
-            iid = a.get("image_id")
-            rec = f"{where}: annotation id {aid} (image id {iid})"
-            if iid not in images:
-                raise ValueError(f"{rec}: unknown image id {iid!r}")
-            cid = a.get("category_id")
-            if cid not in file_cats:
-                raise ValueError(f"{rec}: unknown category id {cid!r} (file categories: {sorted(file_cats)})")
-            if cid not in self._cat_to_label:
-                raise ValueError(f"{rec}: category id {cid!r} ({file_cats[cid]}) is not in category_ids "
-                                 f"{self.category_ids}")
-            bbox = a.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-                raise ValueError(f"{rec}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-            x, y, w, h = (float(v) for v in bbox)
-            if w < 0 or h < 0:
-                raise ValueError(f"{rec}: bbox {list(bbox)} has negative width or height")
-            W, H = float(images[iid]["width"]), float(images[iid]["height"])
-            t = BOX_TOLERANCE
-            if x < -t or y < -t or x + w > W + t or y + h > H + t:
-                raise ValueError(f"{rec}: bbox {list(bbox)} [x, y, w, h] is outside the image "
-                                 f"({images[iid]['file_name']}, {W:g}x{H:g})")
-            a.setdefault("iscrowd", 0)  # COCOeval reads both; fill them for hand-made files
-            a.setdefault("area", w * h)
-            if a["iscrowd"]:
-                skipped["crowd"] = skipped.get("crowd", 0) + 1
+        for k, a in enumerate(annotations):
+            iid, box, reason = self._check_annotation(k, a, seen, images, file_cats, where)
+            if reason is not None:
+                skipped[reason] = skipped.get(reason, 0) + 1
                 continue
-            x0, y0 = max(x, 0.0), max(y, 0.0)
-            x1, y1 = min(x + w, W), min(y + h, H)
-            if w == 0 or h == 0 or x1 <= x0 or y1 <= y0:
-                skipped["degenerate"] = skipped.get("degenerate", 0) + 1
-                continue
-            boxes[iid].append((x0, y0, x1, y1))
-            labels[iid].append(self._cat_to_label[cid])
-        self.skipped = skipped
-        if skipped:
-            warnings.warn(f"{where}: skipped {sum(skipped.values())} annotations ("
-                          + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) + ")", stacklevel=2)
+            boxes[iid].append(box)
+            labels[iid].append(self._cat_to_label[a["category_id"]])
+        return boxes, labels, skipped
 
+    def _check_annotation(self, k: int, a, seen: set, images: dict, file_cats: dict, where: str):
+        """(image id, clipped xyxy box, None) for a usable annotation, (image id, None, reason) for a
+        skipped one; ValueError naming the annotation and image id for a bad one."""
+        if not isinstance(a, dict) or not _is_int(a.get("id")):
+            raise ValueError(f"{where}: annotations[{k}] has no integer 'id': {a!r}")
+        aid = a["id"]
+        if aid in seen:
+            raise ValueError(f"{where}: duplicate annotation id {aid}")
+        seen.add(aid)
+        iid = a.get("image_id")
+        rec = f"{where}: annotation id {aid} (image id {iid})"
+        if iid not in images:
+            raise ValueError(f"{rec}: unknown image id {iid!r}")
+        self._check_category(a.get("category_id"), file_cats, rec)
+        x, y, w, h = _check_bbox(a.get("bbox"), images[iid], rec)
+        a.setdefault("iscrowd", 0)  # COCOeval reads both; fill them for hand-made files
+        a.setdefault("area", w * h)
+        if a["iscrowd"]:
+            return iid, None, "crowd"
+        W, H = float(images[iid]["width"]), float(images[iid]["height"])
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, W), min(y + h, H)
+        if w == 0 or h == 0 or x1 <= x0 or y1 <= y0:
+            return iid, None, "degenerate"
+        return iid, (x0, y0, x1, y1), None
+
+    def _check_category(self, cid, file_cats: dict, rec: str) -> None:
+        if cid not in file_cats:
+            raise ValueError(f"{rec}: unknown category id {cid!r} (file categories: {sorted(file_cats)})")
+        if cid not in self._cat_to_label:
+            raise ValueError(f"{rec}: category id {cid!r} ({file_cats[cid]}) is not in category_ids "
+                             f"{self.category_ids}")
+
+    def _set_items(self, images: dict, boxes: dict, labels: dict) -> None:
+        """Items in image id order: boxes (n, 4) float32 and labels (n,) int64 per image."""
         self.image_ids = sorted(images)
         self._images = images
         self._boxes = [torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4) for i in self.image_ids]
         self._labels = [torch.tensor(labels[i], dtype=torch.int64) for i in self.image_ids]
         self.num_annotations = sum(len(b) for b in self._boxes)
-        self.cache_images = cache_images
-        self._cache = {}
-
-        from pycocotools.coco import COCO
-        coco = COCO()
-        coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        self.coco = coco
 
     def __len__(self):
         return len(self.image_ids)
@@ -266,33 +337,60 @@ class CocoDetection(torch.utils.data.Dataset):
 class ImageFolder(torch.utils.data.Dataset):
     """Unlabelled images (png/jpg) in ``folder``, sorted by name, or the subset named by ``file_list``
     (a list of file names relative to ``folder``, or the path of a JSON file holding such a list).
-    Items are ``(image, {"image_id": index, "file_name": name})``."""
+    Items are ``(image, {"image_id": index, "file_name": name})``.
 
-    def __init__(self, folder, *, file_list=None, cache_images: bool = False):
+    ``check_images`` (default): every image is decoded once at construction, and unreadable files
+    (not an image, truncated, empty) raise one ValueError that names the folder and lists them (the
+    first ``MAX_LISTED``, then a count). They are not skipped: the folder is fixed or the files
+    removed, so every run and every resume sees the same images at the same indices."""
+
+    MAX_LISTED = 10
+
+    def __init__(self, folder, *, file_list=None, cache_images: bool = False, check_images: bool = True):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.folder}")
-        if file_list is None:
-            names = sorted(p.name for p in self.folder.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not names:
-                raise ValueError(f"image folder {self.folder} has no {'/'.join(IMAGE_EXTENSIONS)} images")
-        else:
-            source = "file_list"
-            if isinstance(file_list, (str, os.PathLike)):
-                source = str(file_list)
-                file_list = _read_json(file_list)
-                if not isinstance(file_list, list):
-                    raise ValueError(f"{source}: expected a JSON list of file names")
-            names = list(file_list)
-            if not names:
-                raise ValueError(f"{source} names no images (folder {self.folder})")
-            for n in names:
-                if not isinstance(n, str) or not (self.folder / n).is_file():
-                    raise FileNotFoundError(f"{source}: image file not found: {self.folder / str(n)}")
+        names = self._list_folder() if file_list is None else self._read_file_list(file_list)
+        if check_images:
+            self._check_readable(names)
         self.file_names = names
         self.cache_images = cache_images
         self._cache = {}
+
+    def _list_folder(self) -> list:
+        names = sorted(p.name for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not names:
+            raise ValueError(f"image folder {self.folder} has no {'/'.join(IMAGE_EXTENSIONS)} images")
+        return names
+
+    def _read_file_list(self, file_list) -> list:
+        source = "file_list"
+        if isinstance(file_list, (str, os.PathLike)):
+            source = str(file_list)
+            file_list = _read_json(file_list)
+            if not isinstance(file_list, list):
+                raise ValueError(f"{source}: expected a JSON list of file names")
+        names = list(file_list)
+        if not names:
+            raise ValueError(f"{source} names no images (folder {self.folder})")
+        for n in names:
+            if not isinstance(n, str) or not (self.folder / n).is_file():
+                raise FileNotFoundError(f"{source}: image file not found: {self.folder / str(n)}")
+        return names
+
+    def _check_readable(self, names) -> None:
+        """Decode every image; one ValueError listing the unreadable ones."""
+        bad = []
+        for name in names:
+            try:
+                _load_uint8(self.folder / name)
+            except ValueError as e:
+                bad.append(f"{name} ({str(e.__cause__ or e).splitlines()[0][:120]})")
+        if bad:
+            listed = "; ".join(bad[:self.MAX_LISTED])
+            more = f"; and {len(bad) - self.MAX_LISTED} more" if len(bad) > self.MAX_LISTED else ""
+            raise ValueError(f"image folder {self.folder}: {len(bad)} unreadable image file"
+                             f"{'s' if len(bad) > 1 else ''} (fix or remove them): {listed}{more}")
 
     def __len__(self):
         return len(self.file_names)
