@@ -321,13 +321,44 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
     Easier sets for quick demos: distinct shapes (e.g. circle, square, triangle, cross), a larger
     ``min_size``, less ``clutter``, ``overlap_prob`` and ``max_occlusion``.
     """
+    params = _checked_params(image_size=image_size, num_train=num_train, num_unlabeled=num_unlabeled,
+                             num_val=num_val, num_classes=num_classes, seed=seed, label_fraction=label_fraction,
+                             max_objects=max_objects, min_size=min_size, max_size_frac=max_size_frac,
+                             max_occlusion=max_occlusion, overlap_prob=overlap_prob, clutter=clutter,
+                             noise_std=noise_std, classes=classes)
+    out = Path(out_dir)
+    dirs = _prepare_out_dir(out, overwrite)
+    names = params["classes"] if params["classes"] is not None else list(CLASS_NAMES[:params["num_classes"]])
+    cat_ids = [CATEGORY_IDS[CLASS_NAMES.index(n)] for n in names]
+    t0 = time.perf_counter()
+    splits = _render_splits(params, names, cat_ids, dirs)
+    seconds = time.perf_counter() - t0
+    paths = _write_outputs(out, dirs, params, names, cat_ids, splits)
+    return {**paths, **splits["counts"], "category_ids": cat_ids, "class_names": list(names),
+            "params": params, "seconds": seconds}
+
+
+def _checked_params(*, image_size, num_train, num_unlabeled, num_val, num_classes, seed, label_fraction,
+                    max_objects, min_size, max_size_frac, max_occlusion, overlap_prob, clutter, noise_std,
+                    classes) -> dict:
+    """make_synthetic_coco's arguments checked (ValueError naming the argument) and normalised: the
+    ``params`` it records in dataset.json."""
     S = _check_int(image_size, "image_size", 16)
-    num_train = _check_int(num_train, "num_train", 0)
-    num_unlabeled = _check_int(num_unlabeled, "num_unlabeled", 0)
-    num_val = _check_int(num_val, "num_val", 0)
+    counts = {k: _check_int(v, k, 0) for k, v in (("num_train", num_train), ("num_unlabeled", num_unlabeled),
+                                                  ("num_val", num_val))}
     num_classes = _check_int(num_classes, "num_classes", 1)
     seed = _check_int(seed, "seed", 0)
     max_objects = _check_int(max_objects, "max_objects", 1)
+    classes, num_classes = _checked_classes(classes, num_classes)
+    _check_ranges(S, label_fraction, min_size, max_size_frac, max_occlusion, overlap_prob, clutter, noise_std)
+    return dict(image_size=S, **counts, num_classes=num_classes, seed=seed, label_fraction=float(label_fraction),
+                max_objects=max_objects, min_size=float(min_size), max_size_frac=float(max_size_frac),
+                max_occlusion=float(max_occlusion), overlap_prob=float(overlap_prob), clutter=float(clutter),
+                noise_std=float(noise_std), classes=classes)
+
+
+def _checked_classes(classes, num_classes: int):
+    """(classes as a list or None, the number of classes); ValueError for unknown or repeated shapes."""
     if classes is not None:
         if isinstance(classes, str) or not all(isinstance(c, str) for c in classes) or not len(classes):
             raise ValueError(f"classes must be a non-empty list of shape names, got {classes!r}")
@@ -341,6 +372,10 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
     if num_classes > len(CLASS_NAMES):
         raise ValueError(f"num_classes must be <= {len(CLASS_NAMES)} (shapes available: {', '.join(CLASS_NAMES)}), "
                          f"got {num_classes}")
+    return classes, num_classes
+
+
+def _check_ranges(S, label_fraction, min_size, max_size_frac, max_occlusion, overlap_prob, clutter, noise_std):
     if not 0 < label_fraction <= 1:
         raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
     if not 2 <= min_size <= max_size_frac * S:
@@ -353,7 +388,10 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
     if not clutter >= 0 or not noise_std >= 0:
         raise ValueError(f"clutter and noise_std must be >= 0, got clutter={clutter!r}, noise_std={noise_std!r}")
 
-    out = Path(out_dir)
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> dict:
+    """The split image folders under `out` (created); a non-empty `out` only with overwrite, which
+    deletes what a previous call wrote there."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace the data set there")
@@ -363,54 +401,69 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
     dirs = {s: out / "images" / s for s in ("train", "unlabeled", "val")}
     for d in list(dirs.values()) + [out / "annotations"]:
         d.mkdir(parents=True, exist_ok=True)
+    return dirs
 
-    params = dict(image_size=S, num_train=num_train, num_unlabeled=num_unlabeled, num_val=num_val,
-                  num_classes=num_classes, seed=seed, label_fraction=float(label_fraction),
-                  max_objects=max_objects, min_size=float(min_size), max_size_frac=float(max_size_frac),
-                  max_occlusion=float(max_occlusion), overlap_prob=float(overlap_prob), clutter=float(clutter),
-                  noise_std=float(noise_std), classes=classes)
-    names = classes if classes is not None else list(CLASS_NAMES[:num_classes])
-    render_params = {**params, "names": names}  # _render draws class index k as shape names[k]
+
+def _render_split(split: str, n: int, render_params: dict, folder: Path) -> list:
+    """Draw and save the `n` images of `split`; [(image id, file name, objects)]."""
+    S, seed = render_params["image_size"], render_params["seed"]
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
-    cat_ids = [CATEGORY_IDS[CLASS_NAMES.index(n)] for n in names]
-    categories = [{"id": cid, "name": n, "supercategory": "shape"} for n, cid in zip(names, cat_ids)]
+    recs = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        arr, anns = _render(rng, render_params, xx, yy)
+        name = f"{i:06d}.png"
+        Image.fromarray(arr).save(folder / name, format="PNG")
+        recs.append((i + 1, name, anns))
+    return recs
 
-    t0 = time.perf_counter()
 
-    def render_split(split, n):
-        recs = []
-        for i in range(n):
-            rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
-            arr, anns = _render(rng, render_params, xx, yy)
-            name = f"{i:06d}.png"
-            Image.fromarray(arr).save(dirs[split] / name, format="PNG")
-            recs.append((i + 1, name, anns))
-        return recs
+def _to_coco(recs: list, split: str, S: int, cat_ids: list, categories: list):
+    """(COCO instances dict, number of annotations) of rendered records."""
+    images, anns = [], []
+    for img_id, name, objs in recs:
+        images.append({"id": img_id, "file_name": name, "width": S, "height": S})
+        for o in objs:
+            x, y, w, h = o["bbox"]
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_ids[o["class"]],
+                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
+                         "visible": round(o["visible"], 3)})
+    return _coco(images, anns, categories, split), len(anns)
 
-    def to_coco(recs, split):
-        images, anns = [], []
-        for img_id, name, objs in recs:
-            images.append({"id": img_id, "file_name": name, "width": S, "height": S})
-            for o in objs:
-                x, y, w, h = o["bbox"]
-                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_ids[o["class"]],
-                             "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
-                             "visible": round(o["visible"], 3)})
-        return _coco(images, anns, categories, split), len(anns)
 
-    train = render_split("train", num_train)
+def _labeled_subset(num_train: int, label_fraction: float, seed: int) -> set:
+    """Indices of the train images that keep their annotations (all unless label_fraction < 1)."""
     if num_train and label_fraction < 1:
         n_lab = max(1, int(round(num_train * label_fraction)))
         pick = np.random.default_rng([seed, _SPLIT_CODE["label_subset"]]).choice(num_train, n_lab, replace=False)
-        keep = set(int(k) for k in pick)
-    else:
-        keep = set(range(num_train))
-    train_coco, n_train_anns = to_coco([r for k, r in enumerate(train) if k in keep], "train")
-    train_unlab = [r[1] for k, r in enumerate(train) if k not in keep]
-    val_coco, n_val_anns = to_coco(render_split("val", num_val), "val")
-    render_split("unlabeled", num_unlabeled)
-    seconds = time.perf_counter() - t0
+        return set(int(k) for k in pick)
+    return set(range(num_train))
 
+
+def _render_splits(params: dict, names: list, cat_ids: list, dirs: dict) -> dict:
+    """Render the train, val and unlabeled images (each from its own generator); the train and val
+    COCO dicts, the list of train images left unlabeled, and the counts."""
+    render_params = {**params, "names": names}  # _render draws class index k as shape names[k]
+    categories = [{"id": cid, "name": n, "supercategory": "shape"} for n, cid in zip(names, cat_ids)]
+    S, num_train = params["image_size"], params["num_train"]
+    train = _render_split("train", num_train, render_params, dirs["train"])
+    keep = _labeled_subset(num_train, params["label_fraction"], params["seed"])
+    train_coco, n_train_anns = _to_coco([r for k, r in enumerate(train) if k in keep], "train", S, cat_ids, categories)
+    train_unlab = [r[1] for k, r in enumerate(train) if k not in keep]
+    val_coco, n_val_anns = _to_coco(_render_split("val", params["num_val"], render_params, dirs["val"]), "val",
+                                    S, cat_ids, categories)
+    _render_split("unlabeled", params["num_unlabeled"], render_params, dirs["unlabeled"])
+    counts = {
+        "num_train": num_train, "num_train_labeled": len(keep), "num_train_unlabeled": len(train_unlab),
+        "num_unlabeled": params["num_unlabeled"], "num_val": params["num_val"],
+        "num_train_annotations": n_train_anns, "num_val_annotations": n_val_anns,
+        "num_classes": params["num_classes"],
+    }
+    return {"train": train_coco, "val": val_coco, "train_unlabeled": train_unlab, "counts": counts}
+
+
+def _write_outputs(out: Path, dirs: dict, params: dict, names: list, cat_ids: list, splits: dict) -> dict:
+    """Write the annotation files and dataset.json; their paths (and the image folders')."""
     paths = {
         "root": str(out),
         "train_images": str(dirs["train"]),
@@ -421,19 +474,13 @@ def make_synthetic_coco(out_dir, *, image_size: int = 96, num_train: int = 1000,
         "val_ann": str(out / "annotations" / "instances_val.json"),
         "dataset_json": str(out / "dataset.json"),
     }
-    _write_json(paths["train_ann"], train_coco)
-    _write_json(paths["val_ann"], val_coco)
-    _write_json(paths["train_unlabeled_list"], train_unlab)
-    counts = {
-        "num_train": num_train, "num_train_labeled": len(keep), "num_train_unlabeled": len(train_unlab),
-        "num_unlabeled": num_unlabeled, "num_val": num_val, "num_train_annotations": n_train_anns,
-        "num_val_annotations": n_val_anns, "num_classes": num_classes,
-    }
+    _write_json(paths["train_ann"], splits["train"])
+    _write_json(paths["val_ann"], splits["val"])
+    _write_json(paths["train_unlabeled_list"], splits["train_unlabeled"])
     meta = {"generator": "kdkernels.train.synthetic", "generator_version": GENERATOR_VERSION, "params": params,
-            "category_ids": cat_ids, "class_names": list(names), "counts": counts}
+            "category_ids": cat_ids, "class_names": list(names), "counts": splits["counts"]}
     _write_json(paths["dataset_json"], meta)
-    return {**paths, **counts, "category_ids": cat_ids, "class_names": list(names),
-            "params": params, "seconds": seconds}
+    return paths
 
 
 def ensure_synthetic_coco(out_dir, **kwargs) -> dict:
