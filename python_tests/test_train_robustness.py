@@ -285,7 +285,9 @@ def test_train_val_category_mismatch_is_a_clear_error(base, pristine, tmp_path, 
 
 
 # ----------------------------------------------------------------------------- unreadable unlabeled images
-def test_unreadable_unlabeled_image_fails_the_run_before_training(base, pristine, tmp_path, capsys):
+def test_unreadable_unlabeled_image_fails_the_run_before_training(base, pristine, tmp_path, capsys, monkeypatch):
+    steps = []
+    monkeypatch.setattr(trainer, "_STEP_HOOK", lambda mode, it: steps.append(it))
     root = tmp_path / "data"
     shutil.copytree(base / "data", root)
     (root / "images" / "unlabeled" / "000001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -294,6 +296,7 @@ def test_unreadable_unlabeled_image_fails_the_run_before_training(base, pristine
     err = capsys.readouterr().err
     assert rc == 1 and "000001.png" in err and "1 unreadable" in err, err
     _no_traceback(err)
+    assert steps == []  # found when the data set is built, not at its first unlabeled step
 
 
 # ----------------------------------------------------------------------------- step bench backend
