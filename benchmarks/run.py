@@ -25,8 +25,9 @@ Writes ``bench_<device>_<dtype>.json`` (all raw numbers + machine info) and ``.p
 prints markdown tables, and with --markdown writes them with a header naming machine and date.
 Several dtypes (``--dtypes float32,bfloat16``) run one after the other; ``--json`` / ``--png`` also
 write all of them into one JSON / one bar chart. ``--budget S`` starts no new size (and no memory
-measurement) after S seconds and still writes everything measured so far (the skipped sizes are
-listed), so that a run fits a fixed time slot.
+measurement) after S seconds, shared out between the dtypes (dtype i of n stops at (i + 1) / n of
+it), and still writes everything measured so far (the skipped sizes are listed), so that a run
+fits a fixed time slot.
 """
 from __future__ import annotations
 
@@ -639,12 +640,14 @@ def main(argv=None) -> dict:
         write_combined(results, out_dir, args, write_json=False)
         return saved
 
-    deadline = None if args.budget is None else time.perf_counter() + args.budget
+    t0 = time.perf_counter()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
-    for dtype_name in args.dtypes:
+    for i, dtype_name in enumerate(args.dtypes):
+        # the budget is shared out: dtype i stops at (i + 1) / n of it (what one leaves, the next gets)
+        deadline = None if args.budget is None else t0 + args.budget * (i + 1) / len(args.dtypes)
         results.append(run_dtype(args, dtype_name, device, deadline))
         write_outputs(results[-1], out_dir)
     write_combined(results, out_dir, args)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,3 +48,47 @@ def test_quick_benchmark_run(tmp_path):
             peak = row["memory"][variant]["peak_extra_bytes"]
             assert peak is None or peak >= 0
     assert result["roofline"] and all(rf["fraction_of_copy_bw"]["kdkernels"] > 0 for rf in result["roofline"])
+
+
+@pytest.mark.skipif(not (REPO / "benchmarks" / "run.py").is_file(), reason="benchmarks/ not in this tree")
+def test_several_dtypes_with_a_spent_budget(tmp_path):
+    """--dtypes a,b with --budget 0: nothing timed, every size listed as skipped, and still the
+    per-dtype JSON/PNG, the combined --json/--png and a --markdown with one section per dtype."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    md, all_json, all_png = tmp_path / "R.md", tmp_path / "all.json", tmp_path / "all.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--device", "cpu", "--quick", "--dtypes", "float32,bfloat16",
+         "--budget", "0", "--out", str(tmp_path), "--markdown", str(md), "--json", str(all_json),
+         "--png", str(all_png)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = json.loads(all_json.read_text())["runs"]
+    assert [r["dtype"] for r in runs] == ["float32", "bfloat16"]
+    for r in runs:
+        assert r["results"] == [] and len(r["skipped"]) == 5 and r["budget_s"] == 0   # 5 cases, 1 quick size each
+        assert (tmp_path / f"bench_cpu_{r['dtype']}.json").is_file()
+    assert all_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert text.count("# kdkernels benchmarks") == 1 and "## float32" in text and "## bfloat16" in text
+    assert "Not measured (the time budget of 0 s was spent)" in text
+
+
+def test_variants_come_from_available_backends(monkeypatch):
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import kdkernels
+    from benchmarks import cases
+
+    monkeypatch.setattr(kdkernels, "available_backends", lambda device: ["cuda", "triton", "reference"])
+    assert cases.variants_for("cuda") == cases.VARIANTS + ("triton",)
+    monkeypatch.setattr(kdkernels, "available_backends", lambda device: ["triton", "reference"])
+    assert cases.variants_for("cuda") == cases.VARIANTS              # auto = triton = "kdkernels"
+    monkeypatch.setattr(kdkernels, "available_backends", lambda device: ["cpu", "triton", "reference"])
+    assert cases.variants_for("cpu") == cases.VARIANTS               # the triton interpreter is not timed
+    case = cases.CASES_BY_NAME["soft_label_kl[sigmoid]"]
+    inp = case.setup(next(iter(case.sizes_for(quick=True))))
+    with pytest.raises(ValueError):
+        case.fn("no_such_backend")
+    loss = case.fn("reference")(inp)                                  # a pinned backend is a variant too
+    assert torch.allclose(loss, case.fn("eager")(inp))
