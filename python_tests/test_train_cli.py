@@ -96,7 +96,8 @@ def test_make_data(base, data, capsys):
 @pytest.mark.parametrize("mode", ["teacher", "baseline", "distill"])
 def test_stage_outputs_and_atomic_checkpoints(trained, mode):
     out = trained / mode
-    for name in ("model.pt", "checkpoint.pt", "checkpoint.prev.pt", "metrics.json", "loss_curve.png", "config_hash.txt"):
+    for name in ("model.pt", "checkpoint.pt", "checkpoint.prev.pt", "metrics.json", "loss_curve.png",
+                 "config_hash.txt"):
         assert (out / name).is_file(), name
     assert not list(out.glob(".*tmp*")), "temp files of the atomic save were left behind"
     ckpt = load_verified(out / "checkpoint.pt", kind="checkpoint")

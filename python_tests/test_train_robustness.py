@@ -83,6 +83,20 @@ def test_resume_at_the_checkpoint_iteration_changes_nothing(base, run, capsys):
     assert load_verified(run / "baseline" / "checkpoint.pt", kind="checkpoint")["iteration"] == 4
 
 
+def test_compatible_resume_starts_over_instead_of_shrinking_or_failing(base, run, capsys):
+    """resume="compatible" (demo, efficacy study): a checkpoint beyond train.iterations, or only damaged
+    checkpoints, mean starting over, with a message, not an error and not a silently rewritten run."""
+    cfg = _cfg(base, f"out_dir={run}", "train.iterations=2")
+    assert trainer.train(cfg, "baseline", resume="compatible", progress=False)["start_iteration"] == 0
+    assert "train.iterations=2 < its iteration 4" in capsys.readouterr().out
+    ckpt = run / "baseline" / "checkpoint.pt"
+    ckpt.write_bytes(b"junk")
+    previous_path(ckpt).write_bytes(b"junk")
+    assert trainer.train(cfg, "baseline", resume="compatible", progress=False)["start_iteration"] == 0
+    out = capsys.readouterr().out
+    assert "cannot resume" in out and str(ckpt) in out and "starting from scratch" in out
+
+
 # ----------------------------------------------------------------------------- checksums and the previous checkpoint
 def test_checkpoints_are_verified_and_the_previous_one_is_kept(run):
     ckpt = run / "baseline" / "checkpoint.pt"

@@ -85,8 +85,13 @@ def save_verified(obj: dict, path, *, kind: str, before_replace=None) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """A short reason: the exception's type and its first line (torch's weights-only boilerplate,
+    which suggests weights_only=False, left out)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    first = text[0].split(". ")[0][:160] if text else ""
+    if not first or first.startswith("Weights only load failed"):
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {first}"
 
 
 def _torch_load(source, path: Path, what: str):

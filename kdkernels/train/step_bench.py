@@ -70,7 +70,8 @@ class _Bench:
             self.teacher.load_state_dict(load_verified(self.tpath, kind="model", what="teacher model file")["model"])
             return True
         except (RuntimeError, KeyError, CheckpointError) as exc:
-            print(f"[step-bench] {self.tpath} does not fit this config's teacher, timing an untrained one ({exc})"[:300])
+            print(f"[step-bench] {self.tpath} does not fit this config's teacher, timing an untrained one "
+                  f"({exc})"[:300])
             return False
 
     def batch(self, labeled: bool):
@@ -153,7 +154,8 @@ def _table(batches: dict) -> str:
     for kind, rows in batches.items():
         for name, r in rows.items():
             share = "—" if r["kd_share_pct"] is None else f"{r['kd_share_pct']:.1f} %"
-            ops = ("—", "—") if "kd_ops_ms" not in r else (f"{r['kd_ops_ms']:.2f}", f"{r['kd_ops_share_pct']:.1f} %")
+            ops = (("—", "—") if "kd_ops_ms" not in r
+                   else (f"{r['kd_ops_ms']:.2f}", f"{r['kd_ops_share_pct']:.1f} %"))
             lines.append(f"| {kind} | {name} | {r['median_ms']:.1f} | {share} | {ops[0]} | {ops[1]} |")
     return "\n".join(lines)
 

@@ -273,6 +273,7 @@ def resume_differences(state: dict, cfg: Config, mode: str, teacher_id=None) -> 
         diff.append("teacher (the teacher model file changed)")
     return diff
 
+
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped training: `path` holds the checkpoint of `iteration` (None when a
     second signal stopped it at once); exit with `exit_code` (128 + signal number)."""
@@ -282,7 +283,8 @@ class TrainingInterrupted(Exception):
         self.exit_code = 128 + int(signum)
         name = signal.Signals(signum).name
         if iteration is None:
-            msg = f"stopped at once by a second {name}; the last checkpoint is {path}"
+            last = f"the last checkpoint is {path}" if Path(path).is_file() else "no checkpoint was saved"
+            msg = f"stopped at once by a second {name}; {last}"
         else:
             msg = f"interrupted by {name}: saved the checkpoint of iteration {iteration} to {path}"
         super().__init__(msg)
@@ -315,6 +317,9 @@ class StopOnSignal:
         if self.signum is not None:
             raise TrainingInterrupted(self.mode, signum, None, self.ckpt_path)
         self.signum = signum
+        if os.environ.get("RANK", "0") == "0":  # os.write: safe inside a signal handler, unlike print
+            os.write(2, f"\n[{self.mode}] {signal.Signals(signum).name}: saving a checkpoint at the end of this "
+                        f"step, then stopping (send it again to stop at once)\n".encode())
 
     def requested(self, env: "Dist") -> int:
         """The signal to stop for (0: none); under DDP the ranks agree, so all stop at the same step."""
