@@ -10,17 +10,11 @@ __version__ = "0.1.0"
 from . import reference  # noqa: E402
 from ._backend import BACKENDS, available_backends, get_backend, set_backend, use_backend  # noqa: E402
 from ._native import build_info, cpu_buffer_cache_info, release_cpu_buffers  # noqa: E402
-from .ops import (  # noqa: E402
-    adaptive_distillation_loss,
-    confidence_map,
-    confidence_masked_mse,
-    soft_label_kl,
-    teacher_confidence,
-)
+from . import ops  # noqa: E402
+from .ops import *  # noqa: E402,F401,F403  (every public op; the list is ops.__all__)
 from . import nn  # noqa: E402
 
 __all__ = [
-    "BACKENDS", "adaptive_distillation_loss", "available_backends", "build_info", "confidence_map", "confidence_masked_mse",
-    "cpu_buffer_cache_info", "get_backend", "nn", "reference", "release_cpu_buffers", "set_backend",
-    "soft_label_kl", "teacher_confidence", "use_backend",
+    "BACKENDS", "available_backends", "build_info", "cpu_buffer_cache_info", "get_backend", "nn",
+    "reference", "release_cpu_buffers", "set_backend", "use_backend", *ops.__all__,
 ]
