@@ -54,7 +54,7 @@ export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:
 # grace. GPU_CHECK_TIME_SCALE (percent, default 100) scales all of them (the CPU tests use 10).
 SCALE="${GPU_CHECK_TIME_SCALE:-100}"
 sc() { echo $(( $1 * SCALE / 100 )); }
-FINAL=$(sc 20) MARGIN=$(sc 15) BENCH_MARGIN=$(sc 35)
+FINAL=$(sc 20) MARGIN=$(sc 15) PYTEST_MARGIN=$(sc 25) BENCH_MARGIN=$(sc 35)
 DEVICE_MIN=$(sc 5) BUILD_MIN=$(sc 30) TESTS_MIN=$(sc 60) PROBE_MIN=$(sc 30) BENCH_MIN=$(sc 90) OPT_MIN=$(sc 30)
 DEVICE_CAP=$(sc 60) BUILD_CAP=$(sc 300) TESTS_CAP=$(sc 150) PROBE_CAP=$(sc 75) BENCH_CAP=$(sc 180)
 MEMCHECK_CAP=$(sc 100) TRITON_CAP=$(sc 120) AUX_CAP=$(sc 60)
@@ -264,7 +264,7 @@ run_pytest_step() {   # run_pytest_step NAME MIN CAP RESERVE LOG files/args...
   local name=$1 min=$2 cap=$3 reserve=$4 log=$5; shift 5
   LIMIT=$(( $(left) - reserve )); (( LIMIT > cap )) && LIMIT=$cap
   run_timed "$name" "$min" "$cap" "$reserve" "$log" "${PYTEST[@]}" "${XDIST[@]}" \
-    --gpu-check-deadline $(( $(date +%s) + LIMIT - MARGIN )) "$@"
+    --gpu-check-deadline $(( $(date +%s) + LIMIT - PYTEST_MARGIN )) "$@"
 }
 if [ -n "$(why_not)" ]; then
   record tests SKIP 0 0 "$(why_not)"
