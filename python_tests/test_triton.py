@@ -1,17 +1,22 @@
-"""Triton backend (kdkernels.triton) against the float64 reference, forward and backward.
+"""Triton backend: the ops torch.ops.kdkernels_triton.* (kdkernels/triton/) against the float64
+reference, forward and backward, called with the native schema's arguments as the public ops do.
 
 Without a CUDA device the kernels run on CPU tensors through the Triton interpreter
 (TRITON_INTERPRET=1). Triton decides at import time whether its own @jit functions (tl.max, tl.sum,
 ...) are interpreted, so this module imports triton with TRITON_INTERPRET=1 set, then puts the
-variable back as it was; the `triton_env` fixture sets it again for the tests of this module only
-(kdkernels' backend resolution reads it per call), so other test modules see the environment
-they started with. The interpreter is slow: shapes here are small. Tests marked `gpu` use
-realistic shapes and need CUDA.
+variable back as it was; the `triton_env` fixture sets it again for the tests of this module only,
+so other test modules see the environment they started with. The interpreter is slow: shapes here
+are small. It runs one autotune config per kernel; the `autotune` fixture makes the kernels tune
+over the GPU config list instead (each config forced in turn, or all benchmarked on one set of
+buffers before the winner runs, as on a GPU). Tests marked `gpu` use realistic shapes and need CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import os
+import subprocess
 import sys
 
 import pytest
@@ -64,6 +69,13 @@ TOL = {
 }
 MODES = ["softmax", "sigmoid"]
 REDUCTIONS = ["mean", "sum", "none"]
+OPS = ["soft_label_kl", "adaptive_distillation_loss", "confidence_masked_mse"]
+ROW_OPS = {
+    "soft_label_kl": dict(temperature=2.0),
+    "adaptive_distillation_loss": dict(temperature=2.0, beta=1.5, gamma=1.5),
+}
+# autotuned kernel of each kind: (module of kdkernels.triton, attribute)
+KERNELS = {"rows": ("_row_losses", "_row_loss_kernel"), "mse": ("confidence_masked_mse", "_masked_mse_kernel")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,9 +99,87 @@ def triton_env():
 
 @pytest.fixture
 def small_blocks(triton_env, monkeypatch):
-    """Tiles of 128 classes / pixels, so that small shapes span several blocks (online softmax)."""
+    """Blocks of 128 classes / pixels, so that small shapes span several blocks (online softmax)."""
     monkeypatch.setitem(triton_env._common.BLOCK_LIMITS, "K", 128)
     monkeypatch.setitem(triton_env._common.BLOCK_LIMITS, "HW", 128)
+
+
+@pytest.fixture
+def poisoned_outputs(triton_env, monkeypatch):
+    """Every buffer a kernel writes (loss, gradient, partial sums) starts as NaN instead of
+    uninitialised memory, so an element that a launch does not write shows up as NaN."""
+    def nan_empty(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_env._common, "empty", nan_empty)
+
+
+def gpu_configs(kt, kind):
+    """The autotune configs a GPU runs for kernels of `kind` ("rows" | "mse")."""
+    return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in kt._common._GPU_TILES[kind]]
+
+
+@pytest.fixture
+def autotune(triton_env, monkeypatch):
+    """autotune(kind, configs, winner) makes the kernel of `kind` tune over `configs` from an empty
+    cache, as triton.autotune does on a GPU: on the first call of each key, every config runs once,
+    in order, on the call's own buffers, then `winner` (an index) runs on the same buffers.
+    Returns the kernel (its best_config is the config that ran last) and the list of benchmarked
+    config indices."""
+    def setup(kind, configs, winner=0):
+        module, attr = KERNELS[kind]
+        kernel = getattr(importlib.import_module(f"kdkernels.triton.{module}"), attr)
+        runs = []
+
+        def bench(kernel_call, *args, **kwargs):
+            i = len(runs) % len(configs)
+            runs.append(i)
+            kernel_call()
+            return [0.0 if i == winner else 1.0 + i] * 3
+
+        monkeypatch.setattr(kernel, "configs", list(configs))
+        monkeypatch.setattr(kernel, "cache", {})
+        monkeypatch.setitem(kernel.__dict__, "do_bench", bench)  # overrides the cached property
+        return kernel, runs
+
+    return setup
+
+
+# ------------------------------------------------------------------------------------------------
+# Calling the ops
+
+def fused(name):
+    return getattr(torch.ops.kdkernels_triton, name).default
+
+
+def schema_args(name, student, *inputs, compute_grad, **kwargs):
+    """The native schema's arguments for the reference-style call name(student, *inputs, **kwargs):
+    the remaining arguments by name from kwargs, else the reference's default."""
+    defaults = inspect.signature(getattr(reference, name)).parameters
+    args = [student, *inputs]
+    for arg in getattr(torch.ops.kdkernels, name).default._schema.arguments[len(args):-1]:
+        args.append(kwargs.pop(arg.name) if arg.name in kwargs else defaults[arg.name].default)
+    assert not kwargs, f"not in the schema of {name}: {sorted(kwargs)}"
+    return args + [compute_grad]
+
+
+def call(name, student, *inputs, compute_grad=None, **kwargs):
+    """The loss of torch.ops.kdkernels_triton.<name>, as the public op computes it."""
+    if compute_grad is None:
+        compute_grad = torch.is_grad_enabled() and student.requires_grad
+    loss, _ = fused(name)(*schema_args(name, student, *inputs, compute_grad=compute_grad, **kwargs))
+    return loss
+
+
+def run(name, student, *inputs, grad_out=None, **kwargs):
+    """loss, d(loss · grad_out)/d student through the op's autograd (grad_out random if None)."""
+    s = student.detach().clone().requires_grad_()
+    loss = call(name, s, *inputs, **kwargs)
+    g = torch.randn(loss.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    g = (g if grad_out is None else torch.full(loss.shape, float(grad_out), dtype=torch.float64))
+    g = g.to(device=loss.device, dtype=loss.dtype)
+    (grad,) = torch.autograd.grad(loss, s, g)
+    return loss.detach(), grad, g.double()  # the reference gets the same (rounded) grad_out
 
 
 def assert_close(actual, expected, dtype, what=""):
@@ -102,30 +192,16 @@ def assert_close(actual, expected, dtype, what=""):
                                msg=lambda m: f"{what} ({dtype}): {m}")
 
 
-def run(fn, student, *args, grad_out=None, **kwargs):
-    """loss, d(loss · grad_out)/d student for fn(student, *args) (grad_out random if None)."""
-    s = student.detach().clone().requires_grad_()
-    loss = fn(s, *args, **kwargs)
-    g = torch.randn(loss.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    g = (g if grad_out is None else torch.full(loss.shape, float(grad_out), dtype=torch.float64))
-    g = g.to(device=loss.device, dtype=loss.dtype)
-    (grad,) = torch.autograd.grad(loss, s, g)
-    return loss.detach(), grad, g.double()  # the reference gets the same (rounded) grad_out
-
-
-def check_against_reference(fn_name, student, args, kwargs, dtype, grad_out=None):
-    fn = getattr(kdkernels, fn_name)
-    ref_fn = getattr(reference, fn_name)
-    with kdkernels.use_backend("triton"):
-        loss, grad, g = run(fn, student, *args, grad_out=grad_out, **kwargs)
+def check_against_reference(name, student, inputs, kwargs, dtype, grad_out=None):
+    loss, grad, g = run(name, student, *inputs, grad_out=grad_out, **kwargs)
     # reference in float64 on the same (rounded) input values
-    args64 = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
+    inputs64 = [a.double() if isinstance(a, torch.Tensor) else a for a in inputs]
     kw64 = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     s64 = student.detach().double().requires_grad_()
-    ref = ref_fn(s64, *args64, **kw64)
+    ref = getattr(reference, name)(s64, *inputs64, **kw64)
     (ref_grad,) = torch.autograd.grad(ref, s64, g.to(ref.device))
-    assert_close(loss, ref.detach(), dtype, f"{fn_name} loss")
-    assert_close(grad, ref_grad, dtype, f"{fn_name} grad")
+    assert_close(loss, ref.detach(), dtype, f"{name} loss")
+    assert_close(grad, ref_grad, dtype, f"{name} grad")
     return loss, grad
 
 
@@ -143,12 +219,6 @@ def features(n, c, h, w, dtype, seed=0):
     t = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
     conf = torch.rand(n, h, w, generator=gen, dtype=torch.float64)
     return s.to(DEVICE, dtype), t.to(DEVICE, dtype), conf.to(DEVICE, dtype)
-
-
-ROW_OPS = {
-    "soft_label_kl": dict(temperature=2.0),
-    "adaptive_distillation_loss": dict(temperature=2.0, beta=1.5, gamma=1.5),
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,15 +248,13 @@ def test_row_ops_several_k_blocks(op, mode, small_blocks):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_row_ops_leading_dims_and_grad_out_two(mode):
-    """(N, A, K) logits with (N, A) weights; the loss is not the last op (× 2)."""
+def test_row_ops_grad_out_two(mode):
+    """The loss is not the last op (× 2): the backward scales the forward's gradient."""
     s, t, w = logits(24, 20, torch.float32, seed=2)
-    s, t, w = s.reshape(2, 12, 20), t.reshape(2, 12, 20), w.reshape(2, 12)
     for op, kw in ROW_OPS.items():
-        check_against_reference(op, s, (t,), dict(kw, mode=mode, weight=w), torch.float32, grad_out=2.0)
-        loss, _ = check_against_reference(op, s, (t,), dict(kw, mode=mode, reduction="none", weight=w),
-                                          torch.float32)
-        assert loss.shape == (2, 12)
+        for reduction in REDUCTIONS:
+            check_against_reference(op, s, (t,), dict(kw, mode=mode, weight=w, reduction=reduction),
+                                    torch.float32, grad_out=2.0)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -200,6 +268,19 @@ def test_row_ops_non_contiguous(mode):
         assert not s.is_contiguous()
         for op, kw in ROW_OPS.items():
             check_against_reference(op, s, (t,), dict(kw, mode=mode, weight=weight), torch.float32)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_row_ops_strided_weight(reduction):
+    """A weight view with stride 2 (every other value of a buffer) and a storage offset."""
+    s, t, _ = logits(20, 12, torch.float32, seed=15)
+    base = torch.rand(41, generator=torch.Generator().manual_seed(15)).to(DEVICE)
+    w = base[1::2]
+    assert w.stride(0) == 2 and w.storage_offset() == 1
+    for op, kw in ROW_OPS.items():
+        for mode in MODES:
+            check_against_reference(op, s, (t,), dict(kw, mode=mode, weight=w, reduction=reduction),
+                                    torch.float32)
 
 
 @pytest.mark.parametrize("detach_weight", [False, True])
@@ -225,10 +306,8 @@ def test_soft_label_kl_float64_non_dyadic_temperature(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_adl_gamma_zero_is_soft_label_kl(mode):
     s, t, w = logits(10, 40, torch.float64, seed=5)
-    with kdkernels.use_backend("triton"):
-        kl, gkl, _ = run(kdkernels.soft_label_kl, s, t, mode=mode, weight=w, grad_out=1.0)
-        adl, gadl, _ = run(kdkernels.adaptive_distillation_loss, s, t, mode=mode, weight=w, gamma=0.0,
-                           grad_out=1.0)
+    kl, gkl, _ = run("soft_label_kl", s, t, mode=mode, weight=w, grad_out=1.0)
+    adl, gadl, _ = run("adaptive_distillation_loss", s, t, mode=mode, weight=w, gamma=0.0, grad_out=1.0)
     torch.testing.assert_close(adl, kl)
     torch.testing.assert_close(gadl, gkl)
 
@@ -256,25 +335,32 @@ def test_adl_zero_divergence_no_nan(mode):
     t[:, 0] = 60.0
     for gamma in (0.5, 2.0):
         for detach_weight in (False, True):
-            with kdkernels.use_backend("triton"):
-                loss, grad, _ = run(kdkernels.adaptive_distillation_loss, t, t, mode=mode,
-                                    gamma=gamma, detach_weight=detach_weight, grad_out=1.0)
+            loss, grad, _ = run("adaptive_distillation_loss", t, t, mode=mode, gamma=gamma,
+                                detach_weight=detach_weight, grad_out=1.0)
             assert loss.item() == 0.0
             assert torch.equal(grad, torch.zeros_like(grad))
 
 
+@pytest.mark.parametrize("eps", [1e-6, 1e-300], ids=["eps=1e-6", "eps=1e-300"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_row_ops_zero_weights(reduction):
-    """All-zero weights: mean = 0 / max(0, eps) = 0, zero gradient, no NaN."""
-    s, t, _ = logits(6, 10, torch.float32, seed=7)
-    w = torch.zeros(6, device=DEVICE)
+def test_row_ops_zero_weights(reduction, dtype, eps):
+    """All-zero weights: the normaliser Σ w is exactly 0, so "mean" is 0 with a zero gradient for
+    every eps, also one that underflows to 0 in float32 (1e-300: max(0, eps) = 0, no 0/0)."""
+    s, t, _ = logits(6, 10, dtype, seed=7)
+    w = torch.zeros(6, device=DEVICE, dtype=dtype)
     for op, kw in ROW_OPS.items():
         for mode in MODES:
-            with kdkernels.use_backend("triton"):
-                loss, grad, _ = run(getattr(kdkernels, op), s, t, **kw, mode=mode, weight=w,
-                                    reduction=reduction)
-            assert torch.equal(loss, torch.zeros_like(loss))
-            assert torch.equal(grad, torch.zeros_like(grad))
+            loss, grad, _ = run(op, s, t, **kw, mode=mode, weight=w, reduction=reduction, eps=eps)
+            assert torch.equal(loss, torch.zeros_like(loss)), (op, mode)
+            assert torch.equal(grad, torch.zeros_like(grad)), (op, mode)
+
+
+def test_row_ops_tiny_eps_with_weights():
+    """eps = 1e-300 (0 in float32) with a non-zero weight sum: norm = Σ w, as with any eps."""
+    s, t, w = logits(6, 10, torch.float32, seed=7)
+    for op, kw in ROW_OPS.items():
+        check_against_reference(op, s, (t,), dict(kw, weight=w, eps=1e-300), torch.float32)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -283,8 +369,7 @@ def test_row_ops_empty(reduction):
     t = torch.zeros(0, 7, device=DEVICE)
     for op, kw in ROW_OPS.items():
         for mode in MODES:
-            with kdkernels.use_backend("triton"):
-                loss = getattr(kdkernels, op)(s, t, **kw, mode=mode, reduction=reduction)
+            loss = call(op, s, t, **kw, mode=mode, reduction=reduction)
             assert loss.shape == ((0,) if reduction == "none" else ())
             assert torch.equal(loss.detach(), torch.zeros_like(loss))
             (grad,) = torch.autograd.grad(loss.sum(), s)
@@ -292,14 +377,11 @@ def test_row_ops_empty(reduction):
 
 
 def test_row_ops_without_grad():
-    """no_grad / a student without requires_grad: the kernel skips the gradient, same loss."""
+    """compute_grad=False: the kernel skips the gradient, same loss; backward then says why it fails."""
     s, t, w = logits(5, 12, torch.float32, seed=8)
     for op, kw in ROW_OPS.items():
-        fn = getattr(kdkernels, op)
-        with kdkernels.use_backend("triton"):
-            a = fn(s, t, **kw, weight=w)
-            with torch.no_grad():
-                b = fn(s.clone().requires_grad_(), t, **kw, weight=w)
+        a = call(op, s, t, **kw, weight=w, compute_grad=True)
+        b = call(op, s, t, **kw, weight=w, compute_grad=False)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -316,32 +398,137 @@ def test_masked_mse_matches_reference(threshold, power, reduction, dtype):
 
 
 def test_masked_mse_several_pixel_blocks(small_blocks):
-    """H·W = 300 over blocks of 128 pixels; 32 planes per tile, so N·C = 40 planes take two."""
+    """H·W = 300 over blocks of 128 pixels; N·C = 40 planes over several plane tiles."""
     s, t, conf = features(2, 20, 15, 20, torch.float32, seed=1)
     for reduction in REDUCTIONS:
         check_against_reference("confidence_masked_mse", s, (t, conf),
                                 dict(threshold=0.2, reduction=reduction), torch.float32)
 
 
-def test_masked_mse_non_contiguous_and_n1hw_confidence():
+def test_masked_mse_layouts():
+    """Strided inputs: channels_last, a channel slice and a batch slice of larger tensors (storage
+    offsets, plane strides), an expanded teacher (stride 0 over N), and (N, 1, H, W) or transposed
+    confidence; float32 and float16 confidence with a float32 student."""
     s, t, conf = features(2, 4, 6, 5, torch.float32, seed=2)
-    s_cl = s.to(memory_format=torch.channels_last)
-    t_nc = t.transpose(2, 3).contiguous().transpose(2, 3)
-    for reduction in REDUCTIONS:
-        check_against_reference("confidence_masked_mse", s_cl, (t_nc, conf.unsqueeze(1)),
-                                dict(threshold=0.5, power=1.5, reduction=reduction), torch.float32,
-                                grad_out=2.0)
+    big_s, big_t, big_conf = features(3, 9, 6, 5, torch.float32, seed=3)
+    cases = {
+        "channels_last": (s.to(memory_format=torch.channels_last),
+                          t.to(memory_format=torch.channels_last), conf.unsqueeze(1)),
+        "transposed HW": (s.transpose(2, 3).contiguous().transpose(2, 3), t, conf),
+        "channel slice": (big_s[1:, 2:6], big_t[:2, 5:9], big_conf[1:]),
+        "expanded teacher": (big_s[1:, :4], t[:1].expand(2, 4, 6, 5), conf.half()),
+        "transposed conf": (s, t, conf.transpose(1, 2).contiguous().transpose(1, 2)),
+    }
+    for what, (fs, ft, fc) in cases.items():
+        assert not (fs.is_contiguous() and ft.is_contiguous() and fc.is_contiguous()), what
+        for reduction in REDUCTIONS:
+            check_against_reference("confidence_masked_mse", fs, (ft, fc),
+                                    dict(threshold=0.5, power=1.5, reduction=reduction), torch.float32,
+                                    grad_out=2.0)
+
+
+def masked_mse_contract(s, t, conf, *, threshold=0.0, power=1.0, reduction="mean", eps=1e-6):
+    """docs/METHOD.md section 4 in float64, on (N, C, H, W) s, t and (N, H, W) conf: (loss, ∂loss/∂s).
+    A pixel is masked out iff conf < threshold (exact: conf converts to float64 exactly); it adds
+    exactly 0 to the loss, to Σ m and to the gradient; "mean" with Σ m = 0 is 0."""
+    s, t, c = s.double(), t.double(), conf.double().unsqueeze(1)
+    keep = ~(c < threshold)
+    m = torch.where(keep, c.pow(power), 0.0)
+    d = s - t
+    loss = torch.where(keep, m * d * d, 0.0)
+    grad = torch.where(keep, 2 * m * d, 0.0)
+    if reduction == "none":
+        return loss, grad
+    if reduction == "sum":
+        return loss.sum(), grad
+    z = m.sum()
+    if z == 0:
+        return torch.zeros((), dtype=torch.float64), torch.zeros_like(grad)
+    norm = s.shape[1] * max(float(z), eps)
+    return loss.sum() / norm, grad / norm
+
+
+def check_contract(s, t, conf, **kwargs):
+    loss, grad, _ = run("confidence_masked_mse", s, t, conf, grad_out=1.0, **kwargs)
+    ref_loss, ref_grad = masked_mse_contract(s, t, conf, **kwargs)
+    atol, rtol = TOL[s.dtype]
+    torch.testing.assert_close(loss.double(), ref_loss, atol=atol, rtol=rtol, equal_nan=True)
+    torch.testing.assert_close(grad.double(), ref_grad, atol=atol, rtol=rtol, equal_nan=True)
+    return loss, grad
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_masked_mse_all_zero_mask(reduction):
+@pytest.mark.parametrize("power", [1.0, 0.0, 2.0])
+def test_masked_mse_nan_confidence_is_selected(power, reduction):
+    """NaN < τ is false: a NaN confidence is selected with weight NaN^power (NaN, or 1 for power 0)."""
+    s, t, conf = features(2, 3, 4, 5, torch.float32, seed=4)
+    conf[1, 2, 3] = float("nan")
+    loss, grad = check_contract(s, t, conf, threshold=0.5, power=power, reduction=reduction)
+    if power == 0.0:
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    else:
+        assert torch.isnan(loss).any() and torch.isnan(grad[1, :, 2, 3]).all()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_masked_mse_masked_out_pixels_add_exactly_zero(reduction):
+    """Masked-out pixels (conf < τ) with student/teacher ±inf or NaN, with conf = 0 and power < 0
+    (0^-1 = inf) or a negative conf and a fractional power (NaN): loss and gradient stay finite
+    and equal the selected pixels' contribution alone."""
+    s, t, conf = features(2, 3, 4, 5, torch.float32, seed=5)
+    conf = conf * 0.8 + 0.2  # selected pixels: conf in [0.2, 1)
+    conf[0, 0, :] = 0.0
+    conf[1, 1, :2] = -0.5
+    s[0, :, 0, 0] = float("inf")
+    t[0, :, 0, 1] = float("nan")
+    s[1, :, 1, 0] = float("-inf")
+    for power in (-1.0, 0.5, 1.0):
+        loss, grad = check_contract(s, t, conf, threshold=0.1, power=power, reduction=reduction)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all(), power
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("eps", [1e-6, 1e-300], ids=["eps=1e-6", "eps=1e-300"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_masked_mse_all_zero_mask(reduction, eps, dtype):
+    """Empty mask (all conf < τ), or a mask of weights 0 (conf = 0 selected by τ = 0): Σ m = 0, so
+    the loss is 0 and the gradient 0 for every eps, also one that is 0 in float32."""
+    s, t, conf = features(2, 3, 4, 4, dtype, seed=3)
+    for c, threshold in ((conf * 0.5, 0.6), (conf * 0.0, 0.0)):
+        loss, grad, _ = run("confidence_masked_mse", s, t, c, threshold=threshold,
+                            reduction=reduction, eps=eps)
+        assert torch.equal(loss, torch.zeros_like(loss))
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_masked_mse_tiny_eps_with_mask():
+    """eps = 1e-300 (0 in float32) with a non-empty mask: Z = Σ m, as with any eps."""
     s, t, conf = features(2, 3, 4, 4, torch.float32, seed=3)
-    conf = conf * 0.5  # all below the threshold
-    with kdkernels.use_backend("triton"):
-        loss, grad, _ = run(kdkernels.confidence_masked_mse, s, t, conf, threshold=0.6,
-                            reduction=reduction)
-    assert torch.equal(loss, torch.zeros_like(loss))
-    assert torch.equal(grad, torch.zeros_like(grad))
+    check_against_reference("confidence_masked_mse", s, (t, conf), dict(threshold=0.3, eps=1e-300),
+                            torch.float32)
+
+
+@pytest.mark.parametrize("conf_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_masked_mse_threshold_is_compared_exactly(conf_dtype):
+    """conf < threshold with the threshold a float64: c = 0.69921875 is a float32/float16/bfloat16
+    value and the nearest one to the threshold c + 1e-12, so comparing in the confidence's dtype
+    (the threshold rounded to c) would select a confidence of c; it is below the threshold, so it
+    is masked out. A float64 confidence equal to the threshold is selected."""
+    s, t, _ = features(1, 2, 2, 2, torch.float32, seed=6)
+    c, threshold = 0.69921875, 0.69921875 + 1e-12
+    conf = torch.full((1, 2, 2), 0.9, dtype=conf_dtype, device=DEVICE)
+    conf[0, 0, 0] = c
+    assert conf[0, 0, 0].item() == c and torch.tensor(threshold, dtype=conf_dtype).item() in (c, threshold)
+    if conf_dtype == torch.float64:
+        conf[0, 0, 1] = threshold
+    for reduction in REDUCTIONS:
+        _, grad = check_contract(s, t, conf, threshold=threshold, reduction=reduction)
+        assert (grad[0, :, 0, 0] == 0).all()
+        assert (grad[0, :, 0, 1] != 0).all()
+    # thresholds beyond the dtype's range: everything finite is masked out / selected
+    big = torch.tensor([[[1.0, -1.0], [70000.0, 0.5]]], dtype=conf_dtype, device=DEVICE)
+    for threshold in (1e39, -1e39, 7e4, -7e4):
+        check_contract(s, t, big, threshold=threshold, reduction="sum")
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4), (2, 0, 4, 4)])
@@ -350,8 +537,7 @@ def test_masked_mse_empty(shape, reduction):
     s = torch.zeros(shape, device=DEVICE, requires_grad=True)
     t = torch.zeros(shape, device=DEVICE)
     conf = torch.zeros(shape[0], shape[2], shape[3], device=DEVICE)
-    with kdkernels.use_backend("triton"):
-        loss = kdkernels.confidence_masked_mse(s, t, conf, reduction=reduction)
+    loss = call("confidence_masked_mse", s, t, conf, reduction=reduction)
     assert loss.shape == (shape if reduction == "none" else ())
     assert torch.equal(loss.detach(), torch.zeros_like(loss))
     (grad,) = torch.autograd.grad(loss.sum(), s)
@@ -359,55 +545,214 @@ def test_masked_mse_empty(shape, reduction):
 
 
 # ------------------------------------------------------------------------------------------------
-# Registration: opcheck and torch.compile
+# Autotuning: every config on its own, and every config benchmarked on one set of buffers before
+# the winner runs (the partial sums of a config with a larger tile must not mix with those a
+# config with a smaller tile left behind).
 
-def _op_samples(kt):
+def _row_cases():
+    s, t, w = logits(37, 100, torch.float32, seed=16)  # 37 rows: 3 to 10 row tiles
+    for op, mode in (("soft_label_kl", "softmax"), ("adaptive_distillation_loss", "sigmoid")):
+        for reduction in REDUCTIONS:
+            yield op, s, (t,), dict(ROW_OPS[op], mode=mode, reduction=reduction, weight=w)
+
+
+def _mse_cases():
+    s, t, conf = features(2, 40, 5, 7, torch.float32, seed=16)  # 80 planes: 2 to 5 plane tiles
+    for reduction in REDUCTIONS:
+        yield "confidence_masked_mse", s, (t, conf), dict(threshold=0.3, reduction=reduction)
+
+
+CASES = {"rows": _row_cases, "mse": _mse_cases}
+
+
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_each_autotune_config(kind, autotune, poisoned_outputs, triton_env):
+    """Each GPU config alone (the one a GPU may pick): every partial sum, loss and gradient element
+    written (outputs start as NaN), results match the reference."""
+    for config in gpu_configs(triton_env, kind):
+        kernel, _ = autotune(kind, [config])
+        for name, s, inputs, kwargs in CASES[kind]():
+            check_against_reference(name, s, inputs, kwargs, torch.float32)
+        assert kernel.best_config == config
+
+
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_autotune_benchmark_then_winner(kind, autotune, poisoned_outputs, triton_env):
+    """All GPU configs run in turn on the same buffers (smallest tile first), then the winner runs
+    again on them; for each winner, the result is the reference's (no stale partial sums)."""
+    configs = gpu_configs(triton_env, kind)
+    for winner in range(len(configs)):
+        kernel, runs = autotune(kind, configs, winner)
+        for name, s, inputs, kwargs in CASES[kind]():
+            check_against_reference(name, s, inputs, kwargs, torch.float32)
+        assert kernel.best_config == configs[winner]
+        assert runs[:len(configs)] == list(range(len(configs)))
+
+
+def test_configs_back_to_back_on_one_shape(autotune, triton_env):
+    """The smallest then the largest tile on the same shape, for each kind: same results."""
+    for kind, cases in CASES.items():
+        configs = gpu_configs(triton_env, kind)
+        results = []
+        for config in (configs[0], configs[-1], configs[0]):
+            autotune(kind, [config])
+            results.append([run(name, s, *inputs, grad_out=1.0, **kwargs)[:2]
+                            for name, s, inputs, kwargs in cases()])
+        for other in results[1:]:
+            for (loss, grad), (loss0, grad0) in zip(other, results[0]):
+                torch.testing.assert_close(loss, loss0)
+                torch.testing.assert_close(grad, grad0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices
+
+def test_launches_run_under_the_inputs_device(triton_env, monkeypatch):
+    """Every kernel launch happens inside _common.device_guard(device of the inputs)."""
+    from kdkernels.triton import _row_losses, confidence_masked_mse
+
+    entered = []
+
+    @contextlib.contextmanager
+    def guard(device):
+        entered.append(device)
+        try:
+            yield
+        finally:
+            entered.pop()
+
+    launches = []
+
+    def checked_wrap_triton(kernel):
+        wrapped = real_wrap_triton(kernel)
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    launches.append(list(entered))
+                    return wrapped[grid](*args, **kwargs)
+                return launch
+        return Launcher()
+
+    real_wrap_triton = _row_losses.wrap_triton
+    monkeypatch.setattr(triton_env._common, "device_guard", guard)
+    for module in (_row_losses, confidence_masked_mse):
+        monkeypatch.setattr(module, "wrap_triton", checked_wrap_triton)
+    s, t, w = logits(5, 6, torch.float32)
+    fs, ft, conf = features(1, 2, 3, 3, torch.float32)
+    call("soft_label_kl", s, t, weight=w)
+    call("adaptive_distillation_loss", s, t, reduction="none")
+    call("confidence_masked_mse", fs, ft, conf, compute_grad=True)
+    assert launches == [[s.device]] * 3
+
+
+def test_device_guard_selects_the_device(triton_env):
+    guard = triton_env._common.device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(triton_env._common.device_guard(torch.device("cpu")), contextlib.nullcontext)
+
+
+@gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_gpu_inputs_on_a_second_device():
+    assert torch.cuda.current_device() == 0
+    s, t, w = (x.to("cuda:1") for x in logits(300, 80, torch.float32, seed=17))
+    fs, ft, conf = (x.to("cuda:1") for x in features(2, 16, 20, 24, torch.float32, seed=17))
+    for reduction in REDUCTIONS:
+        for op, kw in ROW_OPS.items():
+            check_against_reference(op, s, (t,), dict(kw, weight=w, reduction=reduction), torch.float32)
+        check_against_reference("confidence_masked_mse", fs, (ft, conf),
+                                dict(threshold=0.5, reduction=reduction), torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration: schemas, the shared autograd, opcheck and torch.compile
+
+def test_schemas_are_the_native_ones():
+    for name in OPS:
+        native = str(getattr(torch.ops.kdkernels, name).default._schema)
+        assert str(fused(name)._schema) == native.replace("kdkernels::", "kdkernels_triton::", 1)
+
+
+def test_no_python_entry_points(triton_env):
+    """The public ops call torch.ops.kdkernels_triton.<name> with the native schema's arguments;
+    the autograd is the one of kdkernels.ops._registration."""
+    for name in OPS:
+        assert not hasattr(triton_env, f"{name}_triton")
+    assert not hasattr(triton_env._common, "register_grad_autograd")
+
+
+def test_shared_backward():
+    """The backward registered by kdkernels.ops._registration.register_loss_autograd: it names the
+    public op, and refuses double backward and compute_grad=False."""
+    s, t, w = logits(4, 5, torch.float32)
+    s.requires_grad_()
+    loss = call("soft_label_kl", s, t, weight=w, compute_grad=False)
+    with pytest.raises(RuntimeError, match=r"kdkernels\.soft_label_kl ran with compute_grad=False"):
+        loss.backward()
+    loss = call("soft_label_kl", s, t, weight=w)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, s, create_graph=True)
+
+
+def _op_samples():
     s, t, w = logits(6, 9, torch.float32, seed=9)
     fs, ft, conf = features(2, 3, 4, 5, torch.float32, seed=9)
     s.requires_grad_()
     fs.requires_grad_()
     return [
-        (kt.soft_label_kl_op, (s, t, w, 2.0, "softmax", "mean", 1e-6, True)),
-        (kt.soft_label_kl_op, (s, t, None, 1.0, "sigmoid", "none", 1e-6, True)),
-        (kt.adaptive_distillation_loss_op, (s, t, w, 2.0, 1.0, 2.0, "sigmoid", False, "sum", 1e-6, True)),
-        (kt.adaptive_distillation_loss_op, (s, t, None, 1.0, 1.0, 1.0, "softmax", True, "none", 1e-6, True)),
-        (kt.confidence_masked_mse_op, (fs, ft, conf, 0.3, 1.0, "mean", 1e-6, True)),
-        (kt.confidence_masked_mse_op, (fs, ft, conf, 0.0, 2.0, "none", 1e-6, True)),
+        ("soft_label_kl", (s, t, w, 2.0, "softmax", "mean", 1e-6, True)),
+        ("soft_label_kl", (s, t, None, 1.0, "sigmoid", "none", 1e-6, True)),
+        ("adaptive_distillation_loss", (s, t, w, 2.0, 1.0, 2.0, "sigmoid", False, "sum", 1e-6, True)),
+        ("adaptive_distillation_loss", (s, t, None, 1.0, 1.0, 1.0, "softmax", True, "none", 1e-6, True)),
+        ("confidence_masked_mse", (fs, ft, conf, 0.3, 1.0, "mean", 1e-6, True)),
+        ("confidence_masked_mse", (fs, ft, conf, 0.0, 2.0, "none", 1e-6, True)),
     ]
 
 
-def test_opcheck(triton_env):
+def test_opcheck():
     """Schema, fake kernel, autograd registration and AOT dispatch (static and dynamic shapes)."""
-    for op, args in _op_samples(triton_env):
-        torch.library.opcheck(op, args)
+    for name, args in _op_samples():
+        torch.library.opcheck(fused(name), args)
 
 
 def test_torch_compile_fullgraph():
-    """The public ops with backend "triton" compile without graph breaks and match eager.
-    On CPU the ops are opaque custom ops (see kdkernels/triton/_common.py) and the backend is
-    aot_eager; on a GPU inductor compiles the triton_op kernels."""
+    """The ops compile without graph breaks and match eager. On CPU they are opaque custom ops (see
+    kdkernels/triton/_common.py) and the backend is aot_eager; on a GPU inductor compiles the
+    triton_op kernels."""
     backend = "inductor" if CUDA else "aot_eager"
     s, t, w = logits(8, 12, torch.float32, seed=10)
     fs, ft, conf = features(2, 3, 4, 5, torch.float32, seed=10)
 
     def total(s, t, w, fs):
-        return (kdkernels.soft_label_kl(s, t, temperature=2.0, weight=w)
-                + kdkernels.adaptive_distillation_loss(s, t, mode="sigmoid", weight=w) * 0.5
-                + kdkernels.confidence_masked_mse(fs, ft, conf, threshold=0.3)) * 2
+        return (call("soft_label_kl", s, t, temperature=2.0, weight=w, compute_grad=True)
+                + call("adaptive_distillation_loss", s, t, mode="sigmoid", weight=w, compute_grad=True) * 0.5
+                + call("confidence_masked_mse", fs, ft, conf, threshold=0.3, compute_grad=True)) * 2
 
     torch._dynamo.reset()
     compiled = torch.compile(total, fullgraph=True, backend=backend)
-    with kdkernels.use_backend("triton"):
-        for rows in (8, 5):  # the second shape recompiles with dynamic shapes
-            args = [s[:rows].detach().requires_grad_(), fs.detach().requires_grad_()]
-            eager_args = [a.detach().clone().requires_grad_() for a in args]
-            out = compiled(args[0], t[:rows], w[:rows], args[1])
-            ref = total(eager_args[0], t[:rows], w[:rows], eager_args[1])
-            grads = torch.autograd.grad(out, args)
-            ref_grads = torch.autograd.grad(ref, eager_args)
-            torch.testing.assert_close(out, ref)
-            for a, b in zip(grads, ref_grads):
-                torch.testing.assert_close(a, b)
+    for rows in (8, 5):  # the second shape recompiles with dynamic shapes
+        args = [s[:rows].detach().requires_grad_(), fs.detach().requires_grad_()]
+        eager_args = [a.detach().clone().requires_grad_() for a in args]
+        out = compiled(args[0], t[:rows], w[:rows], args[1])
+        ref = total(eager_args[0], t[:rows], w[:rows], eager_args[1])
+        grads = torch.autograd.grad(out, args)
+        ref_grads = torch.autograd.grad(ref, eager_args)
+        torch.testing.assert_close(out, ref)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b)
+
+
+def test_kdkernels_imports_without_triton():
+    """triton is optional: kdkernels imports and runs its other backends without it."""
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, kdkernels\n"
+            "x = torch.randn(3, 4)\n"
+            "kdkernels.soft_label_kl(x, x.flip(0))\n"
+            "try:\n    import kdkernels.triton\nexcept ImportError:\n    print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,8 +793,7 @@ def test_gpu_row_ops_long_rows(op):
 @needs_cuda
 def test_gpu_deterministic():
     s, t, w = logits(400_000, 80, torch.float32, seed=14)
-    with kdkernels.use_backend("triton"):
-        a = [kdkernels.soft_label_kl(s, t, mode="sigmoid", weight=w) for _ in range(3)]
+    a = [call("soft_label_kl", s, t, mode="sigmoid", weight=w) for _ in range(3)]
     assert all(torch.equal(a[0], x) for x in a[1:])
 
 
@@ -460,44 +804,48 @@ def test_gpu_deterministic():
 _AOT_SCRIPT = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
-from kdkernels.triton import _row_losses as RL, confidence_masked_mse as MM
+from kdkernels.triton import _common, _row_losses as RL, confidence_masked_mse as MM
 assert not type(RL._row_loss_kernel.fn).__name__.startswith("Interpreted")
 target = GPUTarget("cuda", 90, 32)
 
 def build(kernel, sig, consts, warps):
+    sig = dict(sig, **{k: "constexpr" for k in consts})
     src = triton.compiler.ASTSource(kernel.fn, sig, consts)
     assert "cubin" in triton.compile(src, target=target, options={"num_warps": warps}).asm
 
-ROW = ["s_ptr", "t_ptr", "w_ptr", "norm_ptr", "out_ptr", "grad_ptr", "partial_ptr"]
+ROW = ["s_ptr", "t_ptr", "w_ptr", "inv_norm_ptr", "out_ptr", "grad_ptr", "partial_ptr"]
 for dt, softmax, adaptive, rows, one in [("fp32", True, True, False, True),
                                          ("fp32", True, False, True, False),
                                          ("fp64", False, True, False, True),
                                          ("bf16", False, False, True, True)]:
     acc = "fp64" if dt == "fp64" else "fp32"
-    sig = {n: "*" + (acc if n in ("norm_ptr", "partial_ptr") else dt) for n in ROW}
-    sig.update(R="i32", K="i32", stride_s="i32", stride_t="i32", temp_hi="fp32", temp_lo="fp32",
-               beta_hi="fp32", beta_lo="fp32", gamma_hi="fp32", gamma_lo="fp32", wgrad="fp32")
-    consts = dict(HAS_WEIGHT=True, HAS_NORM=not rows, SOFTMAX=softmax, ADAPTIVE=adaptive,
-                  WRITE_ROWS=rows, WRITE_GRAD=True, ACC=getattr(tl, "float64" if acc == "fp64" else "float32"),
-                  BLOCK_K=128 if one else 512, ONE_BLOCK=one, TILE=1024)
-    sig.update({k: "constexpr" for k in consts})
-    build(RL._row_loss_kernel, sig, consts, 4)
+    block_k = 128 if one else 512
+    for tile, warps in _common._GPU_TILES["rows"]:
+        sig = {n: "*" + (acc if n in ("inv_norm_ptr", "partial_ptr") else dt) for n in ROW}
+        sig.update(R="i32", K="i32", stride_s="i32", stride_t="i32", stride_w="i32",
+                   num_partials="i32", temp_hi="fp32", temp_lo="fp32", beta_hi="fp32",
+                   beta_lo="fp32", gamma_hi="fp32", gamma_lo="fp32", wgrad="fp32")
+        consts = dict(HAS_WEIGHT=True, HAS_NORM=not rows, SOFTMAX=softmax, ADAPTIVE=adaptive,
+                      WRITE_ROWS=rows, WRITE_GRAD=True,
+                      ACC=getattr(tl, "float64" if acc == "fp64" else "float32"),
+                      BLOCK_K=block_k, ONE_BLOCK=one, PART=512 // block_k, TILE=tile)
+        build(RL._row_loss_kernel, sig, consts, warps)
 
 for dt, out in [("bf16", True), ("fp32", False)]:
-    sig = dict(s_ptr="*" + dt, t_ptr="*" + dt, m_ptr="*fp32", norm_ptr="*fp32", out_ptr="*" + dt,
-               grad_ptr="*" + dt, partial_ptr="*fp32", NC="i32", C="i32", HW="i32")
-    consts = dict(HAS_NORM=not out, WRITE_OUT=out, WRITE_GRAD=True, ACC=tl.float32, BLOCK_HW=1024,
-                  TILE=2048)
-    sig.update({k: "constexpr" for k in consts})
-    build(MM._masked_mse_kernel, sig, consts, 4)
+    for tile, warps in _common._GPU_TILES["mse"]:
+        sig = dict(s_ptr="*" + dt, t_ptr="*" + dt, m_ptr="*fp32", keep_ptr="*i1", inv_norm_ptr="*fp32",
+                   out_ptr="*" + dt, grad_ptr="*" + dt, partial_ptr="*fp32", NC="i32", C="i32",
+                   HW="i32", stride_sn="i32", stride_sc="i32", stride_tn="i32", stride_tc="i32",
+                   num_part_p="i32")
+        consts = dict(HAS_NORM=not out, WRITE_OUT=out, WRITE_GRAD=True, ACC=tl.float32,
+                      BLOCK_HW=256, PART=4, TILE=tile)
+        build(MM._masked_mse_kernel, sig, consts, warps)
 print("ok")
 """
 
 
 @pytest.mark.skipif(CUDA, reason="on a GPU the other tests compile and run the kernels")
 def test_kernels_compile_for_sm90_without_gpu():
-    import subprocess
-
     try:
         from triton.backends.nvidia import compiler  # noqa: F401
     except ImportError:

@@ -1,22 +1,31 @@
-"""Pieces shared by the Triton kernels: accumulation types, tile limits, autotune configs, the
-elementwise math of the row losses (mirrors csrc/ops/cpu/vec_math.h) and the autograd registration.
+"""Pieces shared by the Triton kernels: accumulation types, tiles and autotune configs, partial
+sums, the device guard, the elementwise math of the row losses (mirrors csrc/ops/cpu/vec_math.h)
+and the registration of the ops.
 
 Conventions of every kernel in this package (Liger-Kernel style):
 - the forward kernel writes the loss and the gradient of the loss w.r.t. the student in one pass
-  (in the input dtype); the registered backward is one multiply by grad_output;
+  (in the input dtype); the registered backward (kdkernels.ops._registration, shared with the
+  native ops) is one multiply by grad_output;
 - loads are widened to ACC (float32, or float64 for float64 inputs) and all sums run in ACC;
 - program ids are cast to int64 before any multiply by a stride or a row length;
 - scalars (T, β, γ) are kernel float arguments, each split in a float32 pair hi + lo (split_f64):
   Triton passes Python floats as float32, and hi + lo summed in float64 restores them to ~1e-14
   for float64 inputs (for float32 ACC, hi + lo rounds back to hi). No scalar is copied from the
   host to the device, so a call never synchronises. The normaliser of "mean" (a weight or mask
-  sum) is a device tensor computed with torch first and read by the kernel, which then writes
-  the already-normalised gradient;
-- reductions are deterministic: one partial sum per program written to a buffer, summed by torch
-  (no atomics). The order depends on the tile size the autotuner picked for the shape.
+  sum) is a device tensor computed with torch first, passed as its inverse (inverse_normaliser),
+  and read by the kernel, which then writes the already-normalised gradient;
+- launches run under device_guard(device of the inputs), so tensors on any GPU work;
+- reductions are deterministic: partial sums written to a buffer, summed by torch (no atomics).
+  A partial covers PART rows (or planes) with PART = smallest TILE of the kernel's configs //
+  block along the reduced axis, whatever config runs: a program whose TILE is g times the
+  smallest one writes g partials (store_partials). So every config writes every entry of the
+  same buffer of cdiv(rows, PART) partials: when the autotuner benchmarks all configs on the
+  call's buffers before the winner runs, nothing a config with a smaller tile wrote is left
+  behind, and the sum runs over the same groups of rows whichever config won.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 
@@ -26,6 +35,9 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op
 
+from .. import _native
+from ..ops._registration import register_loss_autograd
+
 # TRITON_INTERPRET=1 runs the kernels on the CPU through numpy (tests without a GPU). It is read
 # once, when these modules are imported, like triton.jit itself does.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -34,6 +46,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # num_warps. Chosen from ptxas register counts for sm_90 (no spills; the row kernel's exp/log
 # temporaries need <= 8 elements per thread, the masked MSE <= 16):
 #   row kernel (fp32, ADL, grad): 512/4: 64 regs, 1024/8: 76, 2048/8: 108-171; 4096/8 spills.
+# Every TILE is a power of two, so each is a multiple of the smallest (see store_partials).
 _GPU_TILES = {
     "rows": ((512, 4), (1024, 4), (1024, 8), (2048, 8)),
     "mse": ((1024, 4), (2048, 4), (4096, 8)),
@@ -41,20 +54,20 @@ _GPU_TILES = {
 _INTERPRET_TILE = 4096  # one config: the interpreter's cost is per op, so few big programs.
 
 # Largest block along the reduced axis (K classes / H·W pixels); longer rows loop over it (online
-# softmax for K). Must stay <= the smallest TILE of the kind. Tests lower it to exercise the loop
+# softmax for K). Must stay <= the smallest TILE of the kernel. Tests lower it to exercise the loop
 # on small shapes.
 BLOCK_LIMITS = {"K": 512, "HW": 1024}
-_KIND = {"K": "rows", "HW": "mse"}
+
+
+def gpu_configs(kind: str) -> list:
+    """The autotune configs of the kernels of `kind` ("rows" | "mse") on a GPU."""
+    return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _GPU_TILES[kind]]
 
 
 def tile_configs(kind: str) -> list:
     if INTERPRET:
         return [triton.Config({"TILE": _INTERPRET_TILE}, num_warps=4)]
-    return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _GPU_TILES[kind]]
-
-
-def min_tile(kind: str) -> int:
-    return _INTERPRET_TILE if INTERPRET else min(tile for tile, _ in _GPU_TILES[kind])
+    return gpu_configs(kind)
 
 
 def next_pow2(n) -> int:
@@ -65,13 +78,46 @@ def next_pow2(n) -> int:
     return p
 
 
-def block_along(n, limit_key: str) -> int:
-    """Block along the reduced axis: next power of two of n, at most BLOCK_LIMITS[limit_key]."""
+def tiling(kernel, n, limit_key: str) -> tuple[int, int]:
+    """(block along the reduced axis of length n, rows per partial sum) for an autotuned kernel:
+    block = next power of two of n, at most BLOCK_LIMITS[limit_key]; part = the smallest TILE
+    among the kernel's configs // block (the programs of that config hold `part` rows)."""
     block = min(next_pow2(n), BLOCK_LIMITS[limit_key])
-    if block > min_tile(_KIND[limit_key]):
+    smallest = min(config.kwargs["TILE"] for config in kernel.configs)
+    if block > smallest:
         raise ValueError(f"kdkernels.triton: BLOCK_LIMITS[{limit_key!r}] = {BLOCK_LIMITS[limit_key]} "
-                         f"exceeds the smallest tile {min_tile(_KIND[limit_key])}")
-    return block
+                         f"exceeds the smallest tile {smallest}")
+    return block, smallest // block
+
+
+@triton.jit
+def store_partials(values, pid, partial_ptr, num_partials, stride, offset,
+                   N: tl.constexpr, PART: tl.constexpr):
+    """Sums of `values` (N per-row values of program `pid`, 0 on rows past the end) over groups of
+    PART consecutive rows: partial i of the tensor is at partial_ptr + i * stride + offset, and this
+    program writes partials pid · N/PART ... (pid + 1) · N/PART − 1 (those < num_partials)."""
+    G: tl.constexpr = N // PART
+    sums = tl.sum(tl.reshape(values, [G, PART]), axis=1)
+    index = pid * G + tl.arange(0, G)
+    tl.store(partial_ptr + index * stride + offset, sums, mask=index < num_partials)
+
+
+def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """A buffer that a launch writes completely: loss, gradient, partial sums (the tests fill it
+    with NaN instead, to catch an element left unwritten by some config)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def device_guard(device: torch.device):
+    """Context of a launch: the inputs' CUDA device is the current one while the kernel starts."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def inverse_normaliser(total: torch.Tensor, eps: float, scale=1) -> torch.Tensor:
+    """1 / (scale · max(total, eps)) of "mean", or 0 where total == 0 exactly (an empty mask, all-zero
+    weights): then the loss is 0 and the gradient 0 for every eps, also one such as 1e-300 that is
+    0 in float32 (no 0/0). A device tensor: nothing waits for the GPU."""
+    return torch.where(total == 0, 0.0, (total.clamp_min(eps) * scale).reciprocal())
 
 
 def split_f64(value: float) -> tuple[float, float]:
@@ -120,23 +166,41 @@ def adaptive_weight(e, gamma):
 
 
 # ----------------------------------------------------------------------------------------------
-# Registration. On a GPU every op is a torch.library.triton_op: torch.compile sees the kernel
-# launches (through wrap_triton) and the fake kernel is the op body itself, where the launch is a
-# no-op. Under TRITON_INTERPRET=1, wrap_triton hands back the raw interpreted kernel (it cannot be
-# traced), so the op is an opaque torch.library.custom_op instead, with the op body as its fake
-# kernel and the launch skipped on fake tensors (skip_launch): torch.compile(fullgraph=True) then
-# keeps the op as one node and runs the interpreted kernels eagerly.
+# Registration. Each op is "kdkernels_triton::<name>" with the schema of the native op
+# "kdkernels::<name>" (csrc/kdkernels.cpp, the one definition) and the autograd of
+# kdkernels.ops._registration (the one backward of every fused backend). On a GPU the op is a
+# torch.library.triton_op: torch.compile sees the kernel launches (through wrap_triton) and the fake
+# kernel is the op body itself, where the launch is a no-op. Under TRITON_INTERPRET=1, wrap_triton
+# hands back the raw interpreted kernel (it cannot be traced), so the op is an opaque
+# torch.library.custom_op instead, with the op body as its fake kernel and the launch skipped on
+# fake tensors (skip_launch): torch.compile(fullgraph=True) then keeps the op as one node and runs
+# the interpreted kernels eagerly.
 
-def define_loss_op(qualname: str):
-    """Decorator: register fn (returning (loss, grad_student)) as op `qualname` with its autograd."""
+def native_schema(name: str) -> str:
+    """"(...) -> (...)" of the native op kdkernels::<name>."""
+    if not _native.HAS_NATIVE:
+        raise ImportError("kdkernels.triton defines its ops with the schemas of the native ops, and the "
+                          f"extension kdkernels._C did not load: {_native.NATIVE_ERROR}")
+    schema = str(getattr(torch.ops.kdkernels, name).default._schema)
+    prefix = f"kdkernels::{name}"
+    if not schema.startswith(prefix + "("):
+        raise RuntimeError(f"unexpected schema of {prefix}: {schema}")
+    return schema[len(prefix):]
+
+
+def define_loss_op(name: str):
+    """Decorator: register fn (taking the native schema's arguments, returning (loss, grad_student))
+    as op kdkernels_triton::<name>, with the shared autograd."""
+    qualname = f"kdkernels_triton::{name}"
 
     def dec(fn):
+        schema = native_schema(name)
         if INTERPRET:
-            op = torch.library.custom_op(qualname, fn, mutates_args=())
+            op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
             op.register_fake(fn)
         else:
-            op = triton_op(qualname, fn, mutates_args=())
-        register_grad_autograd(op, qualname)
+            op = triton_op(qualname, fn, mutates_args=(), schema=schema)
+        register_loss_autograd(qualname)
         return op
 
     return dec
@@ -145,32 +209,3 @@ def define_loss_op(qualname: str):
 def skip_launch(t: torch.Tensor) -> bool:
     """True when a kernel must not run: interpreted kernels traced with fake tensors."""
     return INTERPRET and is_fake(t)
-
-
-# ----------------------------------------------------------------------------------------------
-# Autograd: every op returns (loss, grad_student) with grad_student = d loss / d student written by
-# the forward kernel (an empty tensor when compute_grad=False).
-
-def register_grad_autograd(op, qualname: str) -> None:
-    """Backward of an op returning (loss, grad): grad · grad_output, per-row grad_output broadcast
-    over the trailing dims; no gradient for any other input."""
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output[1])
-        ctx.num_inputs = len(inputs)
-        ctx.student_numel = inputs[0].numel()
-
-    def backward(ctx, grad_loss, _grad_of_grad):
-        (grad,) = ctx.saved_tensors
-        if grad.numel() != ctx.student_numel:
-            raise RuntimeError(f"{qualname} was called with compute_grad=False; pass "
-                               "compute_grad=True when the student needs a gradient")
-        if grad_loss.dim() != 0:
-            grad_loss = grad_loss.reshape(grad_loss.shape + (1,) * (grad.dim() - grad_loss.dim()))
-        return (grad * grad_loss,) + (None,) * (ctx.num_inputs - 1)
-
-    op.register_autograd(backward, setup_context=setup_context)
-
-
-def needs_grad(student: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and student.requires_grad

@@ -15,9 +15,10 @@ Derivation of the softmax gradient: ∂lse(b)/∂b_k = q_k and ∂Σ_j p_j (a_j 
 ∂(e^γ KL)/∂b = (e^γ + KL · γ e^(γ−1) · ∂e/∂D) ∂KL/∂b with ∂e/∂D = exp(−D) (0 where D is clamped).
 
 Layout: each program owns BLOCK_R rows and walks K in BLOCK_K columns. Sigmoid is elementwise, so
-one pass writes loss terms and gradient. Softmax keeps a running max and rescaled sums per row
-(online softmax): pass 1 gives max, Σexp, Σ exp·(a − b) and Σ exp·a for both logits; pass 2
-(skipped when the row fits one block, ONE_BLOCK) writes the gradient.
+one pass writes loss terms and gradient (_sigmoid_rows). Softmax keeps a running max and rescaled sums per row
+(online softmax): pass 1 gives max, Σexp, Σ exp·(a − b) and Σ exp·a for both logits
+(_softmax_online_sums); pass 2 writes the gradient (_softmax_grad_pass). A row that fits one block
+(ONE_BLOCK) takes both from the one load (_softmax_one_block).
 """
 from __future__ import annotations
 
@@ -27,7 +28,20 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import _common
-from ._common import adaptive_weight, one_minus_exp_neg, softplus_sigmoid
+from ._common import adaptive_weight, one_minus_exp_neg, softplus_sigmoid, store_partials
+
+
+@triton.jit
+def _load_tempered(t_row, s_row, cols, m2, inv_t, ACC: tl.constexpr):
+    """a = t/T, b = s/T on a BLOCK_R × BLOCK_K tile, in ACC; 0 on masked lanes."""
+    a = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+    b = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
+    return a, b
+
+
+@triton.jit
+def _store_grad(g_row, cols, m2, gr):
+    tl.store(g_row[:, None] + cols[None, :], gr.to(g_row.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -45,22 +59,125 @@ def _softmax_row_factor(kl, h, beta, gamma, wgrad, ADAPTIVE: tl.constexpr):
     return row, factor
 
 
+@triton.jit
+def _softmax_one_block(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgrad,
+                       ADAPTIVE: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """Softmax rows of K <= BLOCK_K: loss before T² from one load, and the gradient g · factor ·
+    (q − p) from the same exponentials."""
+    cols = tl.arange(0, BLOCK_K)
+    cmask = cols < K
+    m2 = rmask[:, None] & cmask[None, :]
+    a, b = _load_tempered(t_row, s_row, cols, m2, inv_t, ACC)
+    am = tl.where(cmask[None, :], a, float("-inf"))
+    bm = tl.where(cmask[None, :], b, float("-inf"))
+    ma = tl.max(am, axis=1)
+    mb = tl.max(bm, axis=1)
+    x = tl.exp(am - ma[:, None])
+    y = tl.exp(bm - mb[:, None])
+    za = tl.sum(x, axis=1)
+    zb = tl.sum(y, axis=1)
+    sd = tl.sum(x * (a - b), axis=1)
+    sa = tl.sum(x * a, axis=1)
+    lse_a = ma + tl.log(za)
+    lse_b = mb + tl.log(zb)
+    kl = sd / za + lse_b - lse_a
+    row, factor = _softmax_row_factor(kl, lse_a - sa / za, beta, gamma, wgrad, ADAPTIVE)
+    if WRITE_GRAD:
+        gf = g * factor
+        _store_grad(g_row, cols, m2, (gf / zb)[:, None] * y - (gf / za)[:, None] * x)
+    return row
+
+
+@triton.jit
+def _softmax_online_sums(t_row, s_row, rmask, K, inv_t, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    """Pass 1 over rows longer than one block: running max and rescaled sums of both softmaxes.
+    Returns (lse(a), lse(b), KL, H) per row."""
+    ma = tl.full([BLOCK_R], float("-inf"), ACC)
+    mb = tl.full([BLOCK_R], float("-inf"), ACC)
+    za = tl.zeros([BLOCK_R], ACC)
+    zb = tl.zeros([BLOCK_R], ACC)
+    sd = tl.zeros([BLOCK_R], ACC)
+    sa = tl.zeros([BLOCK_R], ACC)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        a, b = _load_tempered(t_row, s_row, cols, rmask[:, None] & cmask[None, :], inv_t, ACC)
+        am = tl.where(cmask[None, :], a, float("-inf"))
+        bm = tl.where(cmask[None, :], b, float("-inf"))
+        ma_new = tl.maximum(ma, tl.max(am, axis=1))
+        mb_new = tl.maximum(mb, tl.max(bm, axis=1))
+        x = tl.exp(am - ma_new[:, None])
+        ca = tl.exp(ma - ma_new)  # 0 on the first block (ma = -inf)
+        za = za * ca + tl.sum(x, axis=1)
+        zb = zb * tl.exp(mb - mb_new) + tl.sum(tl.exp(bm - mb_new[:, None]), axis=1)
+        sd = sd * ca + tl.sum(x * (a - b), axis=1)
+        sa = sa * ca + tl.sum(x * a, axis=1)
+        ma = ma_new
+        mb = mb_new
+    lse_a = ma + tl.log(za)
+    lse_b = mb + tl.log(zb)
+    return lse_a, lse_b, sd / za + lse_b - lse_a, lse_a - sa / za
+
+
+@triton.jit
+def _softmax_grad_pass(t_row, s_row, g_row, rmask, K, inv_t, lse_a, lse_b, gf,
+                       ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pass 2 over rows longer than one block: gradient gf · (q − p), q = exp(b − lse(b))."""
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        m2 = rmask[:, None] & (cols < K)[None, :]
+        a, b = _load_tempered(t_row, s_row, cols, m2, inv_t, ACC)
+        gr = gf[:, None] * (tl.exp(b - lse_b[:, None]) - tl.exp(a - lse_a[:, None]))
+        _store_grad(g_row, cols, m2, gr)
+
+
+@triton.jit
+def _sigmoid_rows(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgrad,
+                  ADAPTIVE: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Sigmoid rows, one pass: Σ_k of the per-class loss before T², and the gradient
+    g · factor · (q − p) per class."""
+    acc = tl.zeros([BLOCK_R], ACC)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        m2 = rmask[:, None] & (cols < K)[None, :]
+        # masked lanes load a = b = 0, whose terms are finite; they are zeroed below
+        a, b = _load_tempered(t_row, s_row, cols, m2, inv_t, ACC)
+        sp_a, p = softplus_sigmoid(a)
+        sp_b, q = softplus_sigmoid(b)
+        kl = p * (a - b) + sp_b - sp_a
+        if ADAPTIVE:
+            d = tl.maximum(kl + beta * (sp_a - p * a), 0.0)
+            e = one_minus_exp_neg(d)
+            w, dw_de = adaptive_weight(e, gamma)
+            val = w * kl
+            factor = w + wgrad * kl * dw_de * (1.0 - e)
+        else:
+            val = kl
+            factor = 1.0
+        acc += tl.sum(tl.where(m2, val, 0.0), axis=1)
+        if WRITE_GRAD:
+            _store_grad(g_row, cols, m2, g[:, None] * (q - p) * factor)
+    return acc
+
+
 @triton.autotune(configs=_common.tile_configs("rows"),
                  key=["K", "BLOCK_K", "SOFTMAX", "ADAPTIVE", "WRITE_GRAD", "WRITE_ROWS"])
 @triton.jit
 def _row_loss_kernel(
-    s_ptr, t_ptr, w_ptr, norm_ptr, out_ptr, grad_ptr, partial_ptr,
-    R, K, stride_s, stride_t,
+    s_ptr, t_ptr, w_ptr, inv_norm_ptr, out_ptr, grad_ptr, partial_ptr,
+    R, K, stride_s, stride_t, stride_w, num_partials,
     temp_hi, temp_lo, beta_hi, beta_lo, gamma_hi, gamma_lo, wgrad,
     HAS_WEIGHT: tl.constexpr, HAS_NORM: tl.constexpr, SOFTMAX: tl.constexpr, ADAPTIVE: tl.constexpr,
     WRITE_ROWS: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_K: tl.constexpr, ONE_BLOCK: tl.constexpr, TILE: tl.constexpr,
+    BLOCK_K: tl.constexpr, ONE_BLOCK: tl.constexpr, PART: tl.constexpr, TILE: tl.constexpr,
 ):
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)  # int64
     rmask = rows < R
-    offs_k = tl.arange(0, BLOCK_K)
     s_row = s_ptr + rows * stride_s
     t_row = t_ptr + rows * stride_t
     g_row = grad_ptr + rows * K  # the gradient is written contiguous (R, K)
@@ -70,156 +187,83 @@ def _row_loss_kernel(
     gamma = tl.cast(gamma_hi, ACC) + tl.cast(gamma_lo, ACC)
     wgrad = tl.cast(wgrad, ACC)
     inv_t = 1.0 / temp
-    t2 = temp * temp
-    if HAS_NORM:
-        scale = temp / tl.load(norm_ptr).to(ACC)
+    if HAS_NORM:  # 1 / norm of "mean", 0 for an empty normaliser
+        scale = temp * tl.load(inv_norm_ptr).to(ACC)
     else:
         scale = temp
     if HAS_WEIGHT:
-        wr = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(ACC)
+        wr = tl.load(w_ptr + rows * stride_w, mask=rmask, other=0.0).to(ACC)
     else:
         wr = tl.full([BLOCK_R], 1.0, ACC)
     g = scale * wr  # per-row gradient scale
 
     if SOFTMAX:
         if ONE_BLOCK:
-            cmask = offs_k < K
-            m2 = rmask[:, None] & cmask[None, :]
-            a = tl.load(t_row[:, None] + offs_k[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-            b = tl.load(s_row[:, None] + offs_k[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-            am = tl.where(cmask[None, :], a, float("-inf"))
-            bm = tl.where(cmask[None, :], b, float("-inf"))
-            ma = tl.max(am, axis=1)
-            mb = tl.max(bm, axis=1)
-            x = tl.exp(am - ma[:, None])
-            y = tl.exp(bm - mb[:, None])
-            za = tl.sum(x, axis=1)
-            zb = tl.sum(y, axis=1)
-            sd = tl.sum(x * (a - b), axis=1)
-            sa = tl.sum(x * a, axis=1)
-            lse_a = ma + tl.log(za)
-            lse_b = mb + tl.log(zb)
-            kl = sd / za + lse_b - lse_a
-            row, factor = _softmax_row_factor(kl, lse_a - sa / za, beta, gamma, wgrad, ADAPTIVE)
-            if WRITE_GRAD:
-                gf = g * factor
-                gr = (gf / zb)[:, None] * y - (gf / za)[:, None] * x
-                tl.store(g_row[:, None] + offs_k[None, :], gr.to(grad_ptr.dtype.element_ty), mask=m2)
+            row = _softmax_one_block(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgrad,
+                                     ADAPTIVE, WRITE_GRAD, ACC, BLOCK_K)
         else:
-            ma = tl.full([BLOCK_R], float("-inf"), ACC)
-            mb = tl.full([BLOCK_R], float("-inf"), ACC)
-            za = tl.zeros([BLOCK_R], ACC)
-            zb = tl.zeros([BLOCK_R], ACC)
-            sd = tl.zeros([BLOCK_R], ACC)
-            sa = tl.zeros([BLOCK_R], ACC)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + offs_k
-                cmask = cols < K
-                m2 = rmask[:, None] & cmask[None, :]
-                a = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-                b = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-                am = tl.where(cmask[None, :], a, float("-inf"))
-                bm = tl.where(cmask[None, :], b, float("-inf"))
-                ma_new = tl.maximum(ma, tl.max(am, axis=1))
-                mb_new = tl.maximum(mb, tl.max(bm, axis=1))
-                x = tl.exp(am - ma_new[:, None])
-                y = tl.exp(bm - mb_new[:, None])
-                ca = tl.exp(ma - ma_new)  # 0 on the first block (ma = -inf)
-                cb = tl.exp(mb - mb_new)
-                za = za * ca + tl.sum(x, axis=1)
-                zb = zb * cb + tl.sum(y, axis=1)
-                sd = sd * ca + tl.sum(x * (a - b), axis=1)
-                sa = sa * ca + tl.sum(x * a, axis=1)
-                ma = ma_new
-                mb = mb_new
-            lse_a = ma + tl.log(za)
-            lse_b = mb + tl.log(zb)
-            kl = sd / za + lse_b - lse_a
-            row, factor = _softmax_row_factor(kl, lse_a - sa / za, beta, gamma, wgrad, ADAPTIVE)
+            lse_a, lse_b, kl, h = _softmax_online_sums(t_row, s_row, rmask, K, inv_t, ACC, BLOCK_R, BLOCK_K)
+            row, factor = _softmax_row_factor(kl, h, beta, gamma, wgrad, ADAPTIVE)
             if WRITE_GRAD:
-                gf = (g * factor)[:, None]
-                for k0 in range(0, K, BLOCK_K):
-                    cols = k0 + offs_k
-                    m2 = rmask[:, None] & (cols < K)[None, :]
-                    a = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-                    b = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-                    gr = gf * (tl.exp(b - lse_b[:, None]) - tl.exp(a - lse_a[:, None]))
-                    tl.store(g_row[:, None] + cols[None, :], gr.to(grad_ptr.dtype.element_ty), mask=m2)
+                _softmax_grad_pass(t_row, s_row, g_row, rmask, K, inv_t, lse_a, lse_b, g * factor,
+                                   ACC, BLOCK_K)
     else:
-        acc = tl.zeros([BLOCK_R], ACC)
-        for k0 in range(0, K, BLOCK_K):
-            cols = k0 + offs_k
-            m2 = rmask[:, None] & (cols < K)[None, :]
-            # masked lanes load a = b = 0, whose terms are finite; they are zeroed below
-            a = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-            b = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC) * inv_t
-            sp_a, p = softplus_sigmoid(a)
-            sp_b, q = softplus_sigmoid(b)
-            kl = p * (a - b) + sp_b - sp_a
-            if ADAPTIVE:
-                d = tl.maximum(kl + beta * (sp_a - p * a), 0.0)
-                e = one_minus_exp_neg(d)
-                w, dw_de = adaptive_weight(e, gamma)
-                val = w * kl
-                factor = w + wgrad * kl * dw_de * (1.0 - e)
-            else:
-                val = kl
-                factor = 1.0
-            acc += tl.sum(tl.where(m2, val, 0.0), axis=1)
-            if WRITE_GRAD:
-                gr = g[:, None] * (q - p) * factor
-                tl.store(g_row[:, None] + cols[None, :], gr.to(grad_ptr.dtype.element_ty), mask=m2)
-        row = acc
+        row = _sigmoid_rows(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgrad,
+                            ADAPTIVE, WRITE_GRAD, ACC, BLOCK_R, BLOCK_K)
 
-    v = row * t2 * wr
+    v = row * (temp * temp) * wr
     if WRITE_ROWS:
         tl.store(out_ptr + rows, v.to(out_ptr.dtype.element_ty), mask=rmask)
     else:
-        tl.store(partial_ptr + pid, tl.sum(tl.where(rmask, v, 0.0), axis=0))
+        store_partials(tl.where(rmask, v, 0.0), pid, partial_ptr, num_partials, 1, 0, BLOCK_R, PART)
 
 
 def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, temperature: float,
                      beta: float, gamma: float, softmax: bool, adaptive: bool, detach_weight: bool,
                      reduction: str, eps: float, compute_grad: bool):
-    """(R, K) logits → (loss, grad_student). loss: () for mean/sum, (R,) for none, input dtype;
-    grad: (R, K) in the input dtype, or an empty tensor when compute_grad is False."""
+    """(R, K) logits, (R,) weight or None → (loss, grad_student). loss: () for mean/sum, (R,) for
+    none, input dtype; grad: (R, K) contiguous in the input dtype, or an empty tensor when
+    compute_grad is False. Any strides (a copy only when the classes are not contiguous)."""
     R, K = s.shape
     acc, tl_acc = _common.acc_types(s.dtype)
     if s.stride(1) != 1:
         s = s.contiguous()
     if t.stride(1) != 1:
         t = t.contiguous()
-    grad = s.new_empty((R, K)) if compute_grad else s.new_empty((0,))
+    grad = _common.empty((R, K), s.dtype, s.device) if compute_grad else s.new_empty((0,))
     if R == 0:
         loss = s.new_zeros((0,) if reduction == "none" else ())
         return loss, grad
 
-    norm = None
-    if reduction == "mean":  # a device tensor: nothing waits for the GPU
-        norm = (w.to(acc).sum() if w is not None
-                else torch.full((), R, dtype=acc, device=s.device)).clamp_min(eps)
+    inv_norm = None
+    if reduction == "mean":
+        total_weight = (w.to(acc).sum() if w is not None
+                        else torch.full((), R, dtype=acc, device=s.device))
+        inv_norm = _common.inverse_normaliser(total_weight, eps)
 
-    block_k = _common.block_along(K, "K")
-    num_partials = triton.cdiv(R, _common.min_tile("rows") // block_k)
-    partials = torch.zeros((num_partials,), dtype=acc, device=s.device)
-    out = s.new_empty((R,)) if reduction == "none" else partials
+    block_k, part = _common.tiling(_row_loss_kernel, K, "K")
+    num_partials = triton.cdiv(R, part)
+    partials = _common.empty((num_partials if reduction != "none" else 1,), acc, s.device)
+    out = _common.empty((R,), s.dtype, s.device) if reduction == "none" else partials
 
     def grid(meta):
         return (triton.cdiv(R, meta["TILE"] // block_k),)
 
     if not _common.skip_launch(s):
-        wrap_triton(_row_loss_kernel)[grid](
-            s, t, w if w is not None else partials, norm if norm is not None else partials, out,
-            grad if compute_grad else partials, partials, R, K, s.stride(0), t.stride(0),
-            *_common.split_f64(float(temperature)), *_common.split_f64(float(beta)),
-            *_common.split_f64(float(gamma)), 0.0 if detach_weight else 1.0,
-            HAS_WEIGHT=w is not None, HAS_NORM=norm is not None, SOFTMAX=softmax, ADAPTIVE=adaptive,
-            WRITE_ROWS=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc,
-            BLOCK_K=block_k, ONE_BLOCK=block_k >= K,
-        )
+        with _common.device_guard(s.device):
+            wrap_triton(_row_loss_kernel)[grid](
+                s, t, w if w is not None else partials, inv_norm if inv_norm is not None else partials,
+                out, grad if compute_grad else partials, partials,
+                R, K, s.stride(0), t.stride(0), w.stride(0) if w is not None else 0, num_partials,
+                *_common.split_f64(float(temperature)), *_common.split_f64(float(beta)),
+                *_common.split_f64(float(gamma)), 0.0 if detach_weight else 1.0,
+                HAS_WEIGHT=w is not None, HAS_NORM=inv_norm is not None, SOFTMAX=softmax,
+                ADAPTIVE=adaptive, WRITE_ROWS=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc,
+                BLOCK_K=block_k, ONE_BLOCK=block_k >= K, PART=part,
+            )
     if reduction == "none":
         return out, grad
     total = partials.sum()
-    if norm is not None:
-        total = total / norm
+    if inv_norm is not None:
+        total = total * inv_norm
     return total.to(s.dtype), grad
