@@ -509,26 +509,24 @@ def test_masked_mse_tiny_eps_with_mask():
 
 
 @pytest.mark.parametrize("conf_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
-def test_masked_mse_threshold_is_compared_exactly(conf_dtype):
-    """conf < threshold with the threshold a float64: c = 0.69921875 is a float32/float16/bfloat16
-    value and the nearest one to the threshold c + 1e-12, so comparing in the confidence's dtype
-    (the threshold rounded to c) would select a confidence of c; it is below the threshold, so it
-    is masked out. A float64 confidence equal to the threshold is selected."""
-    s, t, _ = features(1, 2, 2, 2, torch.float32, seed=6)
-    c, threshold = 0.69921875, 0.69921875 + 1e-12
+def test_masked_mse_threshold_in_the_accumulation_dtype(conf_dtype):
+    """conf < threshold is evaluated in the accumulation dtype, as in the reference and the native
+    kernels when they run on the same dtype: with threshold = c + 1e-12 (c = 0.69921875, a value of
+    every float dtype), a confidence of c is selected for a float32 student (the threshold rounds
+    to c) and masked out for a float64 one. Thresholds beyond the float32 range mask out, or
+    select, every finite confidence."""
     conf = torch.full((1, 2, 2), 0.9, dtype=conf_dtype, device=DEVICE)
-    conf[0, 0, 0] = c
-    assert conf[0, 0, 0].item() == c and torch.tensor(threshold, dtype=conf_dtype).item() in (c, threshold)
-    if conf_dtype == torch.float64:
-        conf[0, 0, 1] = threshold
-    for reduction in REDUCTIONS:
-        _, grad = check_contract(s, t, conf, threshold=threshold, reduction=reduction)
-        assert (grad[0, :, 0, 0] == 0).all()
-        assert (grad[0, :, 0, 1] != 0).all()
-    # thresholds beyond the dtype's range: everything finite is masked out / selected
-    big = torch.tensor([[[1.0, -1.0], [70000.0, 0.5]]], dtype=conf_dtype, device=DEVICE)
-    for threshold in (1e39, -1e39, 7e4, -7e4):
-        check_contract(s, t, big, threshold=threshold, reduction="sum")
+    conf[0, 0, 0] = 0.69921875
+    conf[0, 1, 1] = 0.5
+    for dtype in (torch.float32, torch.float64):
+        s, t, _ = features(1, 2, 2, 2, dtype, seed=6)
+        _, grad, _ = run("confidence_masked_mse", s, t, conf, threshold=0.69921875 + 1e-12,
+                         reduction="sum", grad_out=1.0)
+        assert bool((grad[0, :, 0, 0] != 0).all()) == (dtype == torch.float32)
+        assert (grad[0, :, 1, 1] == 0).all() and (grad[0, :, 0, 1] != 0).all()
+        for threshold in (1e39, -1e39):
+            for reduction in REDUCTIONS:
+                check_contract(s, t, conf, threshold=threshold, reduction=reduction)
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4), (2, 0, 4, 4)])

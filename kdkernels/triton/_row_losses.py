@@ -14,11 +14,12 @@ Derivation of the softmax gradient: ∂lse(b)/∂b_k = q_k and ∂Σ_j p_j (a_j 
 ∂KL/∂b_k = q_k − p_k; H does not depend on b, so ∂D/∂b = ∂KL/∂b and
 ∂(e^γ KL)/∂b = (e^γ + KL · γ e^(γ−1) · ∂e/∂D) ∂KL/∂b with ∂e/∂D = exp(−D) (0 where D is clamped).
 
-Layout: each program owns BLOCK_R rows and walks K in BLOCK_K columns. Sigmoid is elementwise, so
-one pass writes loss terms and gradient (_sigmoid_rows). Softmax keeps a running max and rescaled sums per row
-(online softmax): pass 1 gives max, Σexp, Σ exp·(a − b) and Σ exp·a for both logits
-(_softmax_online_sums); pass 2 writes the gradient (_softmax_grad_pass). A row that fits one block
-(ONE_BLOCK) takes both from the one load (_softmax_one_block).
+Layout: each program owns BLOCK_R rows and walks K in BLOCK_K columns. Sigmoid is elementwise,
+so one pass writes loss terms and gradient (_sigmoid_rows). Softmax keeps a running max and
+rescaled sums per row (online softmax): pass 1 gives max, Σexp, Σ exp·(a − b) and Σ exp·a for
+both logits (_softmax_online_sums); pass 2 writes the gradient (_softmax_grad_pass). A row that
+fits one block (ONE_BLOCK) takes both from one load (_softmax_one_block). "mean" reads 1 / norm,
+0 when Σ w_r is exactly 0 (loss and gradient 0, see _common.inverse_normaliser).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
   keep[n,h,w] = not (conf < threshold)                  (NaN confidence: kept, see docs/METHOD.md §4)
   m[n,h,w]    = conf^power where kept, else 0           (torch, N·H·W values, in ACC dtype)
+  (conf, threshold and conf^power in ACC, as in the reference and the native kernels)
   l[n,c,h,w]  = m · (s − t)² where kept, else 0         (0 whatever s, t at a masked-out pixel)
   mean: Σ l / (C · max(Σ m, eps)), 0 when Σ m == 0;  sum: Σ l;  none: l
   ∂loss/∂s    = 2 m (s − t) / norm where kept, else 0   (written by the forward kernel)
@@ -14,9 +15,6 @@ row of plane // C, and writes its partial sums (mean/sum) or the element losses 
 gradient are written contiguous (N, C, H, W).
 """
 from __future__ import annotations
-
-import math
-import struct
 
 import torch
 import triton
@@ -66,30 +64,12 @@ def _masked_mse_kernel(
         tl.store(grad_ptr + off, (scale * md).to(grad_ptr.dtype.element_ty), mask=m2)
 
 
-def _float32_at_least(x: float) -> float:
-    """The smallest float32 value >= x (x a float, not NaN): for a float32 c, c < x iff c < it."""
-    try:
-        f = struct.unpack("<f", struct.pack("<f", x))[0]  # nearest
-    except OverflowError:  # beyond the float32 range (Python < 3.12)
-        f = math.copysign(math.inf, x)
-    if f >= x:
-        return f
-    if f == 0.0:
-        return struct.unpack("<f", struct.pack("<I", 1))[0]
-    bits = struct.unpack("<I", struct.pack("<f", f))[0]
-    return struct.unpack("<f", struct.pack("<I", bits + 1 if f > 0 else bits - 1))[0]
-
-
 def _mask(conf: torch.Tensor, threshold: float, power: float, acc: torch.dtype):
-    """(keep, m) for a confidence of any float dtype: keep = not (conf < threshold), compared
-    exactly (the threshold is a float64; float32/16/bf16 confidences compare, exactly widened to
-    float32, with the smallest float32 >= threshold); m = conf^power in ACC where kept, else 0."""
-    if conf.dtype == torch.float64:
-        below = conf < threshold
-    else:
-        below = conf.float() < _float32_at_least(threshold)
-    keep = below.logical_not_()
+    """(keep, m) for a confidence of any float dtype, in ACC as the reference and the native
+    kernels compute it: c = conf in ACC, keep = not (c < threshold) (threshold rounded to ACC),
+    m = c^power where kept, else exactly 0 (also where c^power is inf or NaN)."""
     c = conf.to(acc)
+    keep = (c < threshold).logical_not_()
     m = torch.where(keep, c if power == 1.0 else c.pow(power), 0.0)
     return keep.contiguous(), m.contiguous()
 
