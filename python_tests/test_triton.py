@@ -722,10 +722,11 @@ def test_torch_compile_fullgraph():
     s, t, w = logits(8, 12, torch.float32, seed=10)
     fs, ft, conf = features(2, 3, 4, 5, torch.float32, seed=10)
 
-    def total(s, t, w, fs):
-        return (call("soft_label_kl", s, t, temperature=2.0, weight=w, compute_grad=True)
-                + call("adaptive_distillation_loss", s, t, mode="sigmoid", weight=w, compute_grad=True) * 0.5
-                + call("confidence_masked_mse", fs, ft, conf, threshold=0.3, compute_grad=True)) * 2
+    def total(s, t, w, fs):  # the native schema's arguments, as the public ops pass them
+        kl, _ = fused("soft_label_kl")(s, t, w, 2.0, "softmax", "mean", 1e-6, True)
+        adl, _ = fused("adaptive_distillation_loss")(s, t, w, 1.0, 1.0, 2.0, "sigmoid", False, "mean", 1e-6, True)
+        mse, _ = fused("confidence_masked_mse")(fs, ft, conf, 0.3, 1.0, "mean", 1e-6, True)
+        return (kl + adl * 0.5 + mse) * 2
 
     torch._dynamo.reset()
     compiled = torch.compile(total, fullgraph=True, backend=backend)
