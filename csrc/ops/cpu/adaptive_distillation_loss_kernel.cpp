@@ -13,10 +13,10 @@ std::tuple<at::Tensor, at::Tensor> adaptive_distillation_loss_cpu(
     const std::optional<at::Tensor>& weight, double temperature, double beta, double gamma,
     c10::string_view mode, bool detach_weight, c10::string_view reduction, double eps,
     bool compute_grad) {
-  const char* op = "adaptive_distillation_loss";
-  const RowLossArgs args{temperature, parse_softmax(mode, op), /*adaptive=*/true, beta, gamma,
-                         detach_weight, parse_reduction(reduction), eps, compute_grad};
-  return row_loss_cpu(student_logits, teacher_logits, weight, args, op);
+  return row_loss_cpu(student_logits, teacher_logits, weight,
+                      RowLossArgs::adaptive_distillation_loss(temperature, beta, gamma, mode,
+                                                              detach_weight, reduction, eps,
+                                                              compute_grad));
 }
 
 }  // namespace

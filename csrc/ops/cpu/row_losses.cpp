@@ -3,6 +3,8 @@
 
 #include "buffer_cache.h"
 
+#include <limits>
+
 namespace kdkernels::cpu {
 
 #define KDK_ROWS_F32_DEF(S, G, A)                                                                 \
@@ -59,17 +61,39 @@ at::opmath_type<scalar_t> row_blocks(const scalar_t* s, const scalar_t* t,
   return ordered_sum(partials);
 }
 
-template <typename scalar_t, bool kSoftmax, bool kAdaptive>
-at::opmath_type<scalar_t> row_blocks_grad_switch(bool compute_grad, const scalar_t* s,
-                                                 const scalar_t* t,
-                                                 const at::opmath_type<scalar_t>* w, int64_t R,
-                                                 int64_t K,
-                                                 const RowConsts<at::opmath_type<scalar_t>>& c,
-                                                 at::opmath_type<scalar_t> gbase, scalar_t* grad,
-                                                 scalar_t* out) {
-  return compute_grad
-             ? row_blocks<scalar_t, kSoftmax, true, kAdaptive>(s, t, w, R, K, c, gbase, grad, out)
-             : row_blocks<scalar_t, kSoftmax, false, kAdaptive>(s, t, w, R, K, c, gbase, grad, out);
+// The row weights as acc_t into `out` (R values), read once in their own dtype and stride; returns
+// Σ w (per-block partial sums added in block order). Checks in the same pass that every weight is
+// finite and >= 0 (a ValueError naming the first bad row): the Python-side check is skipped under
+// torch.compile, and a negative weight would otherwise give a meaningless loss.
+template <typename w_t, typename acc_t>
+double read_weights(const w_t* w, int64_t stride, int64_t R, acc_t* out, const char* op) {
+  const int64_t num_blocks = (R + kBlock - 1) / kBlock;
+  std::vector<double> partials(num_blocks, 0.0);
+  std::vector<char> bad(num_blocks, 0);
+  at::parallel_for(0, num_blocks, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * kBlock, i1 = std::min(R, i0 + kBlock);
+      double part = 0.0;
+      bool ok = true;
+      for (int64_t i = i0; i < i1; ++i) {
+        const double v = static_cast<double>(w[i * stride]);
+        ok &= v >= 0.0 && v <= std::numeric_limits<double>::max();  // false for NaN too
+        out[i] = static_cast<acc_t>(v);
+        part += v;
+      }
+      partials[b] = part;
+      bad[b] = !ok;
+    }
+  });
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    if (!bad[b]) continue;
+    for (int64_t i = b * kBlock; i < std::min(R, (b + 1) * kBlock); ++i) {
+      const double v = static_cast<double>(w[i * stride]);
+      TORCH_CHECK_VALUE(v >= 0.0 && v <= std::numeric_limits<double>::max(), op,
+                        ": weight must be finite and >= 0, got ", v, " at row ", i);
+    }
+  }
+  return ordered_sum(partials);
 }
 
 }  // namespace
@@ -77,25 +101,33 @@ at::opmath_type<scalar_t> row_blocks_grad_switch(bool compute_grad, const scalar
 std::tuple<at::Tensor, at::Tensor> row_loss_cpu(const at::Tensor& student,
                                                 const at::Tensor& teacher,
                                                 const std::optional<at::Tensor>& weight,
-                                                const RowLossArgs& a, const char* op_name) {
-  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(), op_name,
-              ": student_logits and teacher_logits must be (R, K) of one shape");
-  TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), op_name,
-              ": student_logits and teacher_logits must share a dtype");
-  const int64_t R = student.size(0), K = student.size(1);
+                                                const RowLossArgs& a) {
+  const RowShape sh = check_row_inputs(student, teacher, weight, a.op);
+  const int64_t R = sh.R, K = sh.K;
   const at::Tensor s = student.contiguous();
   const at::Tensor t = teacher.contiguous();
-  const auto acc_type = acc_dtype(s.scalar_type());
+  const at::ScalarType acc_type = acc_dtype(s.scalar_type());
   at::Tensor w;
   double wsum = static_cast<double>(R);
   if (weight.has_value() && weight->defined()) {
-    TORCH_CHECK(weight->numel() == R, op_name, ": weight must hold one value per row (", R,
-                "), got ", weight->numel());
-    w = weight->reshape({R}).to(acc_type).contiguous();
-    wsum = w.sum(at::kDouble).item<double>();
+    const at::Tensor wv = weight->reshape({R});  // a view when it can be: read with its stride
+    w = at::empty({R}, s.options().dtype(acc_type));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, wv.scalar_type(), "read_weights", [&] {
+      if (acc_type == at::kDouble) {
+        wsum = read_weights(wv.data_ptr<scalar_t>(), wv.stride(0), R, w.data_ptr<double>(), a.op);
+      } else {
+        wsum = read_weights(wv.data_ptr<scalar_t>(), wv.stride(0), R, w.data_ptr<float>(), a.op);
+      }
+    });
   }
-  const double norm = a.reduction == kMean ? std::max(wsum, a.eps) : 1.0;
+  // mean: den = max(Σ w or R, eps), 0 when that normaliser is 0 (then loss 0 and gradient 0)
+  const double den =
+      a.reduction == kMean ? mean_denominator(wsum, clamp_eps(a.eps, acc_type), 1.0) : 1.0;
   at::Tensor grad = a.compute_grad ? empty_large_like(s) : at::empty({0}, s.options());
+  if (den == 0.0) {
+    if (a.compute_grad) grad.zero_();
+    return {at::zeros({}, s.options()), grad};
+  }
   at::Tensor out = a.reduction == kNone ? at::empty({R}, s.options()) : at::Tensor();
   double total = 0.0;
   if (R > 0 && K > 0) {
@@ -105,27 +137,24 @@ std::tuple<at::Tensor, at::Tensor> row_loss_cpu(const at::Tensor& student,
                                static_cast<acc_t>(a.temperature * a.temperature),
                                static_cast<acc_t>(a.beta), static_cast<acc_t>(a.gamma),
                                static_cast<acc_t>(a.detach_weight ? 0.0 : 1.0)};
-      const acc_t gbase = static_cast<acc_t>(a.temperature / norm);
+      const acc_t gbase = static_cast<acc_t>(a.temperature / den);
       const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
       const scalar_t* sp = s.data_ptr<scalar_t>();
       const scalar_t* tp = t.data_ptr<scalar_t>();
       scalar_t* gp = a.compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
       scalar_t* op = out.defined() ? out.data_ptr<scalar_t>() : nullptr;
-      const bool cg = a.compute_grad;
-      if (a.softmax && a.adaptive) {
-        total = row_blocks_grad_switch<scalar_t, true, true>(cg, sp, tp, wp, R, K, c, gbase, gp, op);
-      } else if (a.softmax) {
-        total = row_blocks_grad_switch<scalar_t, true, false>(cg, sp, tp, wp, R, K, c, gbase, gp, op);
-      } else if (a.adaptive) {
-        total = row_blocks_grad_switch<scalar_t, false, true>(cg, sp, tp, wp, R, K, c, gbase, gp, op);
-      } else {
-        total = row_blocks_grad_switch<scalar_t, false, false>(cg, sp, tp, wp, R, K, c, gbase, gp, op);
-      }
+      total = dispatch_bools(
+          [&](auto kSoftmax, auto kGrad, auto kAdaptive) {
+            return static_cast<double>(
+                row_blocks<scalar_t, decltype(kSoftmax)::value, decltype(kGrad)::value,
+                           decltype(kAdaptive)::value>(sp, tp, wp, R, K, c, gbase, gp, op));
+          },
+          a.softmax, a.compute_grad, a.adaptive);
     });
   } else if (a.compute_grad) {
     grad.zero_();
   }
-  if (a.reduction != kNone) out = at::scalar_tensor(total / norm, s.options());
+  if (a.reduction != kNone) out = at::scalar_tensor(total / den, s.options());
   else if (R > 0 && K == 0) out.zero_();
   return {out, grad};
 }

@@ -12,7 +12,7 @@
 // Row loss = T² · (sum over classes for sigmoid); gradient to s = T · (q − p) · factor · w_r / norm.
 #pragma once
 
-#include "common.h"
+#include "blocks.h"
 #include "vec_math.h"
 
 #include <limits>
@@ -241,9 +241,10 @@ void rows(const acc_t* s, const acc_t* t, int64_t n, int64_t K, const RowConsts<
 }
 
 // Drives rows() over (R, K) logits in fixed blocks of rows; returns (loss, grad of the loss).
+// Checks the weights (finite, >= 0) in the pass that reads them.
 std::tuple<at::Tensor, at::Tensor> row_loss_cpu(const at::Tensor& student,
                                                 const at::Tensor& teacher,
                                                 const std::optional<at::Tensor>& weight,
-                                                const RowLossArgs& args, const char* op_name);
+                                                const RowLossArgs& args);
 
 }  // namespace kdkernels::cpu

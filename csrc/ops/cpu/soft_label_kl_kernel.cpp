@@ -11,10 +11,8 @@ std::tuple<at::Tensor, at::Tensor> soft_label_kl_cpu(
     const at::Tensor& student_logits, const at::Tensor& teacher_logits,
     const std::optional<at::Tensor>& weight, double temperature, c10::string_view mode,
     c10::string_view reduction, double eps, bool compute_grad) {
-  const char* op = "soft_label_kl";
-  const RowLossArgs args{temperature, parse_softmax(mode, op), /*adaptive=*/false, 0.0, 0.0,
-                         false, parse_reduction(reduction), eps, compute_grad};
-  return row_loss_cpu(student_logits, teacher_logits, weight, args, op);
+  return row_loss_cpu(student_logits, teacher_logits, weight,
+                      RowLossArgs::soft_label_kl(temperature, mode, reduction, eps, compute_grad));
 }
 
 }  // namespace

@@ -8,9 +8,9 @@
 // CPU has it. float64 uses libm (it is the precise path for tests and gradcheck).
 #pragma once
 
-#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KDK_NO_CLONES)
 #define KDK_TARGET_CLONES \
@@ -25,10 +25,34 @@
 
 namespace kdkernels::vmath {
 
-// std::bit_cast, not memcpy: an address-taken local inside an `omp simd` loop becomes a per-lane
-// array and stops the vectoriser.
-KDK_INLINE float bits_to_float(int32_t b) { return std::bit_cast<float>(b); }
-KDK_INLINE int32_t float_to_bits(float f) { return std::bit_cast<int32_t>(f); }
+// Bit casts that compile as C++17 (torch <= 2.11 builds extensions with -std=c++17, where
+// std::bit_cast does not exist) and C++20. __builtin_bit_cast (GCC >= 11, Clang >= 9) is what
+// std::bit_cast is built on: a value operation, so it vectorises inside `omp simd` loops (no
+// address-taken local, which such a loop would turn into a per-lane array in memory). The memcpy
+// fallback is for compilers without it (-DKDK_NO_BUILTIN_BIT_CAST forces it; GCC 12 folds it and
+// still vectorises). python_tests/test_cmake_build.py checks both, at -std=c++17 and c++20.
+#if defined(__has_builtin) && !defined(KDK_NO_BUILTIN_BIT_CAST)
+#if __has_builtin(__builtin_bit_cast)
+#define KDK_HAS_BUILTIN_BIT_CAST 1
+#endif
+#endif
+
+template <typename To, typename From>
+KDK_INLINE To bit_cast_(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast_ needs types of one size");
+#ifdef KDK_HAS_BUILTIN_BIT_CAST
+  return __builtin_bit_cast(To, from);
+#else
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+#endif
+}
+
+KDK_INLINE float bits_to_float(int32_t b) { return bit_cast_<float>(b); }
+// The bits of a float / double as a same-size integer (compare bit patterns, e.g. +0 vs -0).
+KDK_INLINE int32_t bits_of(float f) { return bit_cast_<int32_t>(f); }
+KDK_INLINE int64_t bits_of(double d) { return bit_cast_<int64_t>(d); }
 
 // exp(x), Cephes polynomial, ~1 ulp on [-87, 88]; 0 below -87.3, clamped above 88.3.
 KDK_INLINE float exp_(float x) {
@@ -50,7 +74,7 @@ KDK_INLINE float exp_(float x) {
 
 // log(x) for normal x > 0 (Cephes logf, ~1 ulp).
 KDK_INLINE float log_(float x) {
-  const int32_t bits = float_to_bits(x);
+  const int32_t bits = bits_of(x);
   float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
   float m = bits_to_float((bits & 0x807fffff) | 0x3f000000);  // mantissa in [0.5, 1)
   const bool small = m < 0.707106781186547524f;

@@ -1,11 +1,21 @@
 // CUDA kernels for the three loss ops (one translation unit: each .cu with torch headers costs
 // ~1.5 min of compile time). Same contract and math as the CPU kernels (csrc/ops/cpu/row_losses.h,
-// confidence_masked_mse_kernel.cpp): the forward writes loss partials and the student gradient in
-// one pass; backward is grad · grad_output (kdkernels/ops/_registration.py).
+// confidence_masked_mse_kernel.cpp); argument parsing, checks, the mean's normaliser and the
+// bool → template dispatch are shared with them (csrc/ops/common.h). The forward writes loss
+// partials and the student gradient in one pass; backward is grad · grad_output
+// (kdkernels/ops/_registration.py).
+//
+// No host synchronisation: the normalisers (Σ m, Σ w) are reduced into device scalars, the
+// gradient scale and the final division are computed on the device (mean_scale_kernel,
+// finish_mean_kernel), so a call never stalls the stream and can be captured in a CUDA graph.
+// Values that need the data (weights finite and >= 0) are not checked here: that would need a
+// copy to the host (Python checks them with KDKERNELS_CHECK_VALUES=1).
 //
 // Reductions are deterministic: per-block (masked MSE) or per-row (KL/ADL) partials are written to
-// a buffer and summed by at::sum, no atomics. Offsets are int64. Loads are 16-byte vectors when
-// the row/plane length and the pointers allow it. Accumulation in float (double for double).
+// a buffer and summed by at::sum, no atomics. Offsets and loop indices are int64. Loads are
+// 16-byte vectors when the row/plane length and the pointers allow it. Accumulation in float
+// (double for double). Inputs of any strides and storage offsets: student/teacher/confidence are
+// made contiguous here, the weight is read with its stride.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -14,7 +24,10 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
-#include "../cpu/common.h"
+#include <algorithm>
+#include <initializer_list>
+
+#include "../common.h"
 
 namespace kdkernels::cuda {
 
@@ -66,16 +79,104 @@ int vec_width(int64_t inner, std::initializer_list<const void*> ptrs) {
   return vec;
 }
 
+// A scalar the kernels read from device memory (computed on the device: no host sync) or, when
+// `ptr` is null, a host constant.
+template <typename T>
+struct DeviceScalar {
+  const T* ptr;
+  T value;
+  __device__ __forceinline__ T get() const { return ptr ? *ptr : value; }
+};
+
+// ---------------------------------------------------------------- the mean's normaliser, on device
+// scale[0] = num / den, the gradient scale; scale[1] = den = mult · max(sum, eps) — or both 0 when
+// the normaliser *sum is exactly 0 (common.h: mean_denominator), and the kernels then write an
+// exactly-zero gradient and finish_mean_kernel a zero loss.
+template <typename acc_t>
+__global__ void mean_scale_kernel(const acc_t* __restrict__ sum, acc_t eps, acc_t mult, acc_t num,
+                                  acc_t* __restrict__ scale) {
+  const acc_t den = kdkernels::mean_denominator(*sum, eps, mult);
+  scale[0] = den == acc_t(0) ? acc_t(0) : num / den;
+  scale[1] = den;
+}
+
+// loss = total / den, exactly 0 when den == 0.
+template <typename scalar_t, typename acc_t>
+__global__ void finish_mean_kernel(const acc_t* __restrict__ total, DeviceScalar<acc_t> den,
+                                   scalar_t* __restrict__ loss) {
+  const acc_t d = den.get();
+  loss[0] = static_cast<scalar_t>(d == acc_t(0) ? acc_t(0) : *total / d);
+}
+
+// Launches mean_scale_kernel on the device scalar `sum`; returns scale (2 values, see above).
+at::Tensor mean_scale(const at::Tensor& sum, double eps, double mult, double num, cudaStream_t stream) {
+  at::Tensor scale = at::empty({2}, sum.options());
+  AT_DISPATCH_FLOATING_TYPES(sum.scalar_type(), "mean_scale", [&] {
+    mean_scale_kernel<scalar_t><<<1, 1, 0, stream>>>(
+        sum.data_ptr<scalar_t>(), clamp_eps<scalar_t>(eps), static_cast<scalar_t>(mult),
+        static_cast<scalar_t>(num), scale.data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return scale;
+}
+
+// The mean loss (input dtype) from the device scalar `total` (acc dtype) and den (device or host).
+at::Tensor finish_mean(const at::Tensor& total, const at::Tensor& scale, double host_den,
+                       at::ScalarType dtype, cudaStream_t stream) {
+  at::Tensor loss = at::empty({}, total.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "finish_mean", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const DeviceScalar<acc_t> den{scale.defined() ? scale.data_ptr<acc_t>() + 1 : nullptr,
+                                  static_cast<acc_t>(host_den)};
+    finish_mean_kernel<scalar_t, acc_t><<<1, 1, 0, stream>>>(total.data_ptr<acc_t>(), den,
+                                                             loss.data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return loss;
+}
+
 // ---------------------------------------------------------------- confidence-masked MSE
+// The mask encodes "masked out" as the bit pattern +0; a kept pixel whose m is ±0 is stored as −0
+// (the same value, other bits), as in the CPU kernel. Bit operations, not float ones, so that
+// --use_fast_math cannot fold the signed zero away.
+__device__ __forceinline__ float encode_mask(bool masked_out, float m) {
+  const int b = __float_as_int(m);
+  return __int_as_float(masked_out ? 0 : (b == 0 ? static_cast<int>(0x80000000u) : b));
+}
+__device__ __forceinline__ double encode_mask(bool masked_out, double m) {
+  const long long b = __double_as_longlong(m);
+  return __longlong_as_double(
+      masked_out ? 0LL : (b == 0 ? static_cast<long long>(0x8000000000000000ull) : b));
+}
+__device__ __forceinline__ bool kept(float m) { return __float_as_int(m) != 0; }
+__device__ __forceinline__ bool kept(double m) { return __double_as_longlong(m) != 0; }
+
+// m[i] = conf^power for conf ≥ threshold or NaN (kept), +0 for conf < threshold (masked out).
+// pow in double: under --use_fast_math powf is __powf = exp2(y · log2 x), NaN for a negative base
+// even with an integer exponent; the N·H·W mask is small, so the double pow costs nothing.
+template <typename conf_t, typename acc_t>
+__global__ void mask_kernel(const conf_t* __restrict__ conf, int64_t n, acc_t thr, double power,
+                            acc_t* __restrict__ mask) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const acc_t c = static_cast<acc_t>(conf[i]);
+    const acc_t m = power == 1.0 ? c : static_cast<acc_t>(::pow(static_cast<double>(c), power));
+    mask[i] = encode_mask(c < thr, m);
+  }
+}
+
 // grid-stride over vectors of the (N, C, HW) tensor; mask index = (i / (C·HW))·HW + i % HW.
 template <typename scalar_t, int VEC, bool kGrad, bool kNone>
 __global__ void masked_mse_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
                                   const at::opmath_type<scalar_t>* __restrict__ mask, int64_t numel,
-                                  int64_t C, int64_t HW, at::opmath_type<scalar_t> gscale,
+                                  int64_t C, int64_t HW,
+                                  DeviceScalar<at::opmath_type<scalar_t>> gscale_arg,
                                   scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
                                   at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
+  const acc_t gscale = gscale_arg.get();
+  const bool zero_grad = gscale == acc_t(0);  // the mean's normaliser is 0: gradient exactly 0
   acc_t acc = 0;
   const int64_t nvec = numel / VEC;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -88,11 +189,14 @@ __global__ void masked_mse_kernel(const scalar_t* __restrict__ s, const scalar_t
     V gv, ov;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
+      const acc_t mj = m[j];
+      const bool keep = kept(mj);
       const acc_t d = static_cast<acc_t>(sv.v[j]) - static_cast<acc_t>(tv.v[j]);
-      const acc_t md = m[j] * d;
-      if constexpr (kNone) ov.v[j] = static_cast<scalar_t>(md * d);
-      else acc += md * d;
-      if constexpr (kGrad) gv.v[j] = static_cast<scalar_t>(gscale * md);
+      const acc_t md = mj * d;
+      const acc_t l = keep ? md * d : acc_t(0);
+      if constexpr (kNone) ov.v[j] = static_cast<scalar_t>(l);
+      else acc += l;
+      if constexpr (kGrad) gv.v[j] = static_cast<scalar_t>(keep && !zero_grad ? gscale * md : acc_t(0));
     }
     if constexpr (kGrad) reinterpret_cast<V*>(grad)[v] = gv;
     if constexpr (kNone) reinterpret_cast<V*>(out)[v] = ov;
@@ -111,78 +215,78 @@ __global__ void masked_mse_kernel(const scalar_t* __restrict__ s, const scalar_t
   }
 }
 
-template <typename scalar_t, int VEC>
-void launch_masked_mse(const at::Tensor& s, const at::Tensor& t, const at::Tensor& mask, int64_t C,
-                       int64_t HW, double gscale, bool compute_grad, bool none, at::Tensor& grad,
-                       at::Tensor& out, at::Tensor& partials, int blocks, cudaStream_t stream) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t numel = s.numel();
-  auto sp = s.data_ptr<scalar_t>();
-  auto tp = t.data_ptr<scalar_t>();
-  auto mp = mask.data_ptr<acc_t>();
-  scalar_t* gp = compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
-  scalar_t* op = none ? out.data_ptr<scalar_t>() : nullptr;
-  acc_t* pp = none ? nullptr : partials.data_ptr<acc_t>();
-  const acc_t g = static_cast<acc_t>(gscale);
-#define KDK_LAUNCH(G, NONE)                                                                       \
-  masked_mse_kernel<scalar_t, VEC, G, NONE>                                                       \
-      <<<blocks, kThreads, 0, stream>>>(sp, tp, mp, numel, C, HW, g, gp, op, pp)
-  if (none) {
-    if (compute_grad) KDK_LAUNCH(true, true); else KDK_LAUNCH(false, true);
-  } else {
-    if (compute_grad) KDK_LAUNCH(true, false); else KDK_LAUNCH(false, false);
-  }
-#undef KDK_LAUNCH
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 std::tuple<at::Tensor, at::Tensor> confidence_masked_mse_cuda(
     const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& confidence,
     double threshold, double power, c10::string_view reduction, double eps, bool compute_grad) {
-  TORCH_CHECK(student.dim() == 4 && student.sizes() == teacher.sizes(),
-              "confidence_masked_mse: student and teacher must be (N, C, H, W) of one shape");
-  TORCH_CHECK(student.scalar_type() == teacher.scalar_type(),
-              "confidence_masked_mse: student and teacher must share a dtype");
+  const MaskedMseArgs a = MaskedMseArgs::parse(threshold, power, reduction, eps, compute_grad);
+  const FeatureShape sh = check_masked_mse_inputs(student, teacher, confidence, a.op);
   const c10::cuda::CUDAGuard guard(student.device());
-  const auto red = cpu::parse_reduction(reduction);
-  const int64_t N = student.size(0), C = student.size(1);
-  const int64_t HW = student.size(2) * student.size(3);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t N = sh.N, C = sh.C, HW = sh.HW;
+  const bool mean = a.reduction == kMean, none = a.reduction == kNone;
   const at::Tensor s = student.contiguous();
   const at::Tensor t = teacher.contiguous();
-  const at::Tensor conf = confidence.reshape({N, HW}).to(cpu::acc_dtype(s.scalar_type()));
-  at::Tensor mask = power == 1.0 ? conf : conf.pow(power);
-  mask = (mask * conf.ge(threshold)).contiguous();
-  const at::Tensor mask_sum = mask.sum(at::kDouble);
-  at::Tensor grad = compute_grad ? at::empty_like(s) : at::empty({0}, s.options());
-  at::Tensor out = red == cpu::kNone ? at::empty_like(s) : at::Tensor();
-  // gradient scale 2/norm needs Σm on the host before the launch (one sync of a scalar)
-  const double norm = red == cpu::kMean
-                          ? double(std::max<int64_t>(C, 1)) * std::max(mask_sum.item<double>(), eps)
-                          : 1.0;
-  const int64_t numel = s.numel();
-  const int blocks = static_cast<int>(std::clamp<int64_t>((numel + kThreads * 8 - 1) / (kThreads * 8), 1, 4096));
-  at::Tensor partials = at::zeros({blocks}, s.options().dtype(cpu::acc_dtype(s.scalar_type())));
-  if (numel > 0) {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "confidence_masked_mse_cuda", [&] {
-      const int vec = std::min<int>(vec_width<scalar_t>(HW, {s.data_ptr(), t.data_ptr(),
-                                                             compute_grad ? grad.data_ptr() : nullptr,
-                                                             out.defined() ? out.data_ptr() : nullptr}), 4);
-      if (vec == 4) {
-        launch_masked_mse<scalar_t, 4>(s, t, mask, C, HW, 2.0 / norm, compute_grad, red == cpu::kNone, grad, out, partials, blocks, stream);
+  const at::Tensor conf = confidence.reshape({N * HW}).contiguous();
+  const at::ScalarType acc_type = acc_dtype(s.scalar_type());
+  const at::TensorOptions acc_options = s.options().dtype(acc_type);
+
+  at::Tensor mask = at::empty({N * HW}, acc_options);
+  if (N * HW > 0) {
+    const int blocks = static_cast<int>(std::clamp<int64_t>((N * HW + kThreads - 1) / kThreads, 1, 1024));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, conf.scalar_type(), "mask_kernel", [&] {
+      using conf_t = scalar_t;
+      if (acc_type == at::kDouble) {
+        mask_kernel<conf_t, double><<<blocks, kThreads, 0, stream>>>(
+            conf.data_ptr<conf_t>(), N * HW, a.threshold, a.power, mask.data_ptr<double>());
       } else {
-        launch_masked_mse<scalar_t, 1>(s, t, mask, C, HW, 2.0 / norm, compute_grad, red == cpu::kNone, grad, out, partials, blocks, stream);
+        mask_kernel<conf_t, float><<<blocks, kThreads, 0, stream>>>(
+            conf.data_ptr<conf_t>(), N * HW, static_cast<float>(a.threshold), a.power,
+            mask.data_ptr<float>());
       }
     });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  if (red != cpu::kNone) out = (partials.sum() / norm).to(s.scalar_type());
-  return {out, grad};
+  // mean: scale = {2 / den, den} with den = C · max(Σ m, eps) (0 when Σ m == 0), on the device
+  const at::Tensor scale =
+      mean ? mean_scale(mask.sum(), a.eps, double(std::max<int64_t>(C, 1)), 2.0, stream) : at::Tensor();
+
+  at::Tensor grad = compute_grad ? at::empty_like(s, at::MemoryFormat::Contiguous)
+                                 : at::empty({0}, s.options());
+  at::Tensor out = none ? at::empty_like(s, at::MemoryFormat::Contiguous) : at::Tensor();
+  const int64_t numel = s.numel();
+  const int blocks = static_cast<int>(std::clamp<int64_t>((numel + kThreads * 8 - 1) / (kThreads * 8), 1, 4096));
+  at::Tensor partials = numel > 0 ? at::empty({blocks}, acc_options) : at::zeros({1}, acc_options);
+  if (numel > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "confidence_masked_mse_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const DeviceScalar<acc_t> gscale{scale.defined() ? scale.data_ptr<acc_t>() : nullptr, acc_t(2)};
+      const scalar_t* sp = s.data_ptr<scalar_t>();
+      const scalar_t* tp = t.data_ptr<scalar_t>();
+      const acc_t* mp = mask.data_ptr<acc_t>();
+      scalar_t* gp = compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
+      scalar_t* op = none ? out.data_ptr<scalar_t>() : nullptr;
+      acc_t* pp = partials.data_ptr<acc_t>();
+      const bool vec4 = vec_width<scalar_t>(HW, {sp, tp, gp, op}) >= 4;
+      dispatch_bools(
+          [&](auto kVec4, auto kGrad, auto kNone) {
+            masked_mse_kernel<scalar_t, decltype(kVec4)::value ? 4 : 1, decltype(kGrad)::value,
+                              decltype(kNone)::value>
+                <<<blocks, kThreads, 0, stream>>>(sp, tp, mp, numel, C, HW, gscale, gp, op, pp);
+          },
+          vec4, compute_grad, none);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  if (none) return {out, grad};
+  const at::Tensor total = partials.sum();
+  if (!mean) return {total.to(s.scalar_type()), grad};
+  return {finish_mean(total, scale, 1.0, s.scalar_type(), stream), grad};
 }
 
 // ---------------------------------------------------------------- soft-label KL / ADL (one warp per row)
 template <typename acc_t>
 struct RowParams {
-  acc_t inv_t, t2, beta, gamma, weight_grad, gbase;
+  acc_t inv_t, t2, beta, gamma, weight_grad;
 };
 
 template <typename acc_t>
@@ -204,11 +308,16 @@ __device__ __forceinline__ void softplus_sigmoid(acc_t x, acc_t& sp, acc_t& sig)
   sig = x >= acc_t(0) ? inv : e * inv;
 }
 
+// weight: acc_t values read with stride w_stride (any stride, 0 for an expanded weight), or null.
+// gscale: T / den (mean) or T; 0 when the mean's normaliser is 0 → the gradient is exactly 0.
 template <typename scalar_t, int VEC, bool kSoftmax, bool kGrad, bool kAdaptive>
 __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
-                                const at::opmath_type<scalar_t>* __restrict__ weight, int64_t R,
-                                int64_t K, RowParams<at::opmath_type<scalar_t>> p,
-                                scalar_t* __restrict__ grad, at::opmath_type<scalar_t>* __restrict__ row_out) {
+                                const at::opmath_type<scalar_t>* __restrict__ weight,
+                                int64_t w_stride, int64_t R, int64_t K,
+                                RowParams<at::opmath_type<scalar_t>> p,
+                                DeviceScalar<at::opmath_type<scalar_t>> gscale_arg,
+                                scalar_t* __restrict__ grad,
+                                at::opmath_type<scalar_t>* __restrict__ row_out) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
   const int lane = threadIdx.x % kWarp;
@@ -218,8 +327,10 @@ __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* 
   const V* sv = reinterpret_cast<const V*>(s + base);
   const V* tv = reinterpret_cast<const V*>(t + base);
   const int64_t nvec = K / VEC;
-  const acc_t w_r = weight ? weight[row] : acc_t(1);
-  const acc_t g = p.gbase * w_r;
+  const acc_t w_r = weight ? weight[row * w_stride] : acc_t(1);
+  const acc_t gscale = gscale_arg.get();
+  const bool zero_grad = gscale == acc_t(0);
+  const acc_t g = gscale * w_r;
   acc_t row_loss;
   if constexpr (!kSoftmax) {
     acc_t acc = 0;
@@ -242,7 +353,7 @@ __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* 
         } else {
           acc += kl;
         }
-        if constexpr (kGrad) gv.v[j] = static_cast<scalar_t>(g * (qb - pa) * factor);
+        if constexpr (kGrad) gv.v[j] = static_cast<scalar_t>(zero_grad ? acc_t(0) : g * (qb - pa) * factor);
       }
       if constexpr (kGrad) reinterpret_cast<V*>(grad + base)[v] = gv;
     }
@@ -284,7 +395,7 @@ __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* 
         for (int j = 0; j < VEC; ++j) {
           const acc_t a = static_cast<acc_t>(a_v.v[j]) * p.inv_t;
           const acc_t b = static_cast<acc_t>(b_v.v[j]) * p.inv_t;
-          gv.v[j] = static_cast<scalar_t>(gf * (dexp(b - lse_b) - dexp(a - lse_a)));
+          gv.v[j] = static_cast<scalar_t>(zero_grad ? acc_t(0) : gf * (dexp(b - lse_b) - dexp(a - lse_a)));
         }
         reinterpret_cast<V*>(grad + base)[v] = gv;
       }
@@ -293,96 +404,100 @@ __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* 
   if (lane == 0) row_out[row] = row_loss * w_r;
 }
 
-template <typename scalar_t, int VEC, bool kSoftmax, bool kAdaptive>
-void launch_rows(bool compute_grad, const scalar_t* s, const scalar_t* t,
-                 const at::opmath_type<scalar_t>* w, int64_t R, int64_t K,
-                 const RowParams<at::opmath_type<scalar_t>>& p, scalar_t* grad,
+template <typename scalar_t, int VEC>
+void launch_rows(const RowLossArgs& a, const scalar_t* s, const scalar_t* t,
+                 const at::opmath_type<scalar_t>* w, int64_t w_stride, int64_t R, int64_t K,
+                 const RowParams<at::opmath_type<scalar_t>>& p,
+                 DeviceScalar<at::opmath_type<scalar_t>> gscale, scalar_t* grad,
                  at::opmath_type<scalar_t>* row_out, cudaStream_t stream) {
   constexpr int rows_per_block = kThreads / kWarp;
   const int64_t blocks = (R + rows_per_block - 1) / rows_per_block;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "too many rows for one launch: ", R);
-  if (compute_grad) {
-    row_loss_kernel<scalar_t, VEC, kSoftmax, true, kAdaptive>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(s, t, w, R, K, p, grad, row_out);
-  } else {
-    row_loss_kernel<scalar_t, VEC, kSoftmax, false, kAdaptive>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(s, t, w, R, K, p, grad, row_out);
-  }
+  TORCH_CHECK(blocks < (int64_t(1) << 31), a.op, ": too many rows for one launch: ", R);
+  dispatch_bools(
+      [&](auto kSoftmax, auto kGrad, auto kAdaptive) {
+        row_loss_kernel<scalar_t, VEC, decltype(kSoftmax)::value, decltype(kGrad)::value,
+                        decltype(kAdaptive)::value>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(s, t, w, w_stride, R, K, p,
+                                                                    gscale, grad, row_out);
+      },
+      a.softmax, a.compute_grad, a.adaptive);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename scalar_t, int VEC>
-void launch_rows_mode(bool softmax, bool adaptive, bool compute_grad, const scalar_t* s,
-                      const scalar_t* t, const at::opmath_type<scalar_t>* w, int64_t R, int64_t K,
-                      const RowParams<at::opmath_type<scalar_t>>& p, scalar_t* grad,
-                      at::opmath_type<scalar_t>* row_out, cudaStream_t stream) {
-  if (softmax && adaptive) launch_rows<scalar_t, VEC, true, true>(compute_grad, s, t, w, R, K, p, grad, row_out, stream);
-  else if (softmax) launch_rows<scalar_t, VEC, true, false>(compute_grad, s, t, w, R, K, p, grad, row_out, stream);
-  else if (adaptive) launch_rows<scalar_t, VEC, false, true>(compute_grad, s, t, w, R, K, p, grad, row_out, stream);
-  else launch_rows<scalar_t, VEC, false, false>(compute_grad, s, t, w, R, K, p, grad, row_out, stream);
 }
 
 std::tuple<at::Tensor, at::Tensor> row_loss_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                  const std::optional<at::Tensor>& weight,
-                                                 const cpu::RowLossArgs& a, const char* op_name) {
-  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(), op_name,
-              ": student_logits and teacher_logits must be (R, K) of one shape");
-  TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), op_name,
-              ": student_logits and teacher_logits must share a dtype");
+                                                 const RowLossArgs& a) {
+  const RowShape sh = check_row_inputs(student, teacher, weight, a.op);
   const c10::cuda::CUDAGuard guard(student.device());
-  const int64_t R = student.size(0), K = student.size(1);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t R = sh.R, K = sh.K;
   const at::Tensor s = student.contiguous();
   const at::Tensor t = teacher.contiguous();
-  const auto acc_type = cpu::acc_dtype(s.scalar_type());
-  at::Tensor w;
-  double norm = 1.0;
-  if (weight.has_value() && weight->defined()) {
-    TORCH_CHECK(weight->numel() == R, op_name, ": weight must hold one value per row (", R, ")");
-    w = weight->reshape({R}).to(acc_type).contiguous();
+  const at::ScalarType acc_type = acc_dtype(s.scalar_type());
+  const at::TensorOptions acc_options = s.options().dtype(acc_type);
+  // weight: a view with its own stride when it already has the accumulation dtype
+  const at::Tensor w = weight.has_value() && weight->defined()
+                           ? weight->reshape({R}).to(acc_type)
+                           : at::Tensor();
+  // mean: gradient scale T / den, den = max(Σ w, eps) on the device (no host sync), or
+  // max(R, eps) on the host without weights; den == 0 gives loss 0 and gradient 0.
+  const bool mean = a.reduction == kMean;
+  at::Tensor scale;
+  double host_den = 1.0;
+  if (mean && w.defined()) {
+    scale = mean_scale(w.sum(), a.eps, 1.0, a.temperature, stream);
+  } else if (mean) {
+    host_den = mean_denominator(static_cast<double>(R), clamp_eps(a.eps, acc_type), 1.0);
   }
-  if (a.reduction == cpu::kMean) {  // one scalar sync: the gradient is written pre-normalised
-    norm = std::max(w.defined() ? w.sum(at::kDouble).item<double>() : double(R), a.eps);
+  at::Tensor grad = a.compute_grad ? at::empty_like(s, at::MemoryFormat::Contiguous)
+                                   : at::empty({0}, s.options());
+  if (host_den == 0.0) {  // mean of no rows
+    if (a.compute_grad) grad.zero_();
+    return {at::zeros({}, s.options()), grad};
   }
-  at::Tensor grad = a.compute_grad ? at::empty_like(s) : at::empty({0}, s.options());
-  at::Tensor rows = at::zeros({R}, s.options().dtype(acc_type));
-  if (R > 0 && K > 0) {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool launch = R > 0 && K > 0;
+  at::Tensor rows = launch ? at::empty({R}, acc_options) : at::zeros({R}, acc_options);
+  if (launch) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "row_loss_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const RowParams<acc_t> p{static_cast<acc_t>(1.0 / a.temperature),
                                static_cast<acc_t>(a.temperature * a.temperature),
                                static_cast<acc_t>(a.beta), static_cast<acc_t>(a.gamma),
-                               static_cast<acc_t>(a.detach_weight ? 0.0 : 1.0),
-                               static_cast<acc_t>(a.temperature / norm)};
+                               static_cast<acc_t>(a.detach_weight ? 0.0 : 1.0)};
+      const DeviceScalar<acc_t> gscale{scale.defined() ? scale.data_ptr<acc_t>() : nullptr,
+                                       static_cast<acc_t>(a.temperature / host_den)};
       const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+      const int64_t w_stride = w.defined() ? w.stride(0) : 0;
+      const scalar_t* sp = s.data_ptr<scalar_t>();
+      const scalar_t* tp = t.data_ptr<scalar_t>();
       scalar_t* gp = a.compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
-      const int vec = vec_width<scalar_t>(K, {s.data_ptr(), t.data_ptr(), gp});
+      acc_t* rp = rows.data_ptr<acc_t>();
+      const int vec = vec_width<scalar_t>(K, {sp, tp, gp});
       if (vec == 8) {
-        launch_rows_mode<scalar_t, 8>(a.softmax, a.adaptive, a.compute_grad, s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), wp, R, K, p, gp, rows.data_ptr<acc_t>(), stream);
+        launch_rows<scalar_t, 8>(a, sp, tp, wp, w_stride, R, K, p, gscale, gp, rp, stream);
       } else if (vec == 4) {
-        launch_rows_mode<scalar_t, 4>(a.softmax, a.adaptive, a.compute_grad, s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), wp, R, K, p, gp, rows.data_ptr<acc_t>(), stream);
+        launch_rows<scalar_t, 4>(a, sp, tp, wp, w_stride, R, K, p, gscale, gp, rp, stream);
       } else if (vec == 2) {
-        launch_rows_mode<scalar_t, 2>(a.softmax, a.adaptive, a.compute_grad, s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), wp, R, K, p, gp, rows.data_ptr<acc_t>(), stream);
+        launch_rows<scalar_t, 2>(a, sp, tp, wp, w_stride, R, K, p, gscale, gp, rp, stream);
       } else {
-        launch_rows_mode<scalar_t, 1>(a.softmax, a.adaptive, a.compute_grad, s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), wp, R, K, p, gp, rows.data_ptr<acc_t>(), stream);
+        launch_rows<scalar_t, 1>(a, sp, tp, wp, w_stride, R, K, p, gscale, gp, rp, stream);
       }
     });
   } else if (a.compute_grad) {
     grad.zero_();
   }
-  at::Tensor out = a.reduction == cpu::kNone ? rows.to(s.scalar_type())
-                                             : (rows.sum() / norm).to(s.scalar_type());
-  return {out, grad};
+  if (a.reduction == kNone) return {rows.to(s.scalar_type()), grad};
+  const at::Tensor total = rows.sum();
+  if (!mean) return {total.to(s.scalar_type()), grad};
+  return {finish_mean(total, scale, host_den, s.scalar_type(), stream), grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_label_kl_cuda(
     const at::Tensor& student_logits, const at::Tensor& teacher_logits,
     const std::optional<at::Tensor>& weight, double temperature, c10::string_view mode,
     c10::string_view reduction, double eps, bool compute_grad) {
-  const char* op = "soft_label_kl";
-  const cpu::RowLossArgs args{temperature, cpu::parse_softmax(mode, op), false, 0.0, 0.0, false,
-                              cpu::parse_reduction(reduction), eps, compute_grad};
-  return row_loss_cuda(student_logits, teacher_logits, weight, args, op);
+  return row_loss_cuda(student_logits, teacher_logits, weight,
+                       RowLossArgs::soft_label_kl(temperature, mode, reduction, eps, compute_grad));
 }
 
 std::tuple<at::Tensor, at::Tensor> adaptive_distillation_loss_cuda(
@@ -390,10 +505,10 @@ std::tuple<at::Tensor, at::Tensor> adaptive_distillation_loss_cuda(
     const std::optional<at::Tensor>& weight, double temperature, double beta, double gamma,
     c10::string_view mode, bool detach_weight, c10::string_view reduction, double eps,
     bool compute_grad) {
-  const char* op = "adaptive_distillation_loss";
-  const cpu::RowLossArgs args{temperature, cpu::parse_softmax(mode, op), true, beta, gamma,
-                              detach_weight, cpu::parse_reduction(reduction), eps, compute_grad};
-  return row_loss_cuda(student_logits, teacher_logits, weight, args, op);
+  return row_loss_cuda(student_logits, teacher_logits, weight,
+                       RowLossArgs::adaptive_distillation_loss(temperature, beta, gamma, mode,
+                                                               detach_weight, reduction, eps,
+                                                               compute_grad));
 }
 
 }  // namespace

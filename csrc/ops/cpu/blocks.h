@@ -1,5 +1,9 @@
-// Shared pieces of the fused CPU kernels: reduction codes, fixed-size blocks, dtype staging.
+// Shared pieces of the fused CPU kernels: fixed-size blocks and their ordered sums, dtype staging.
+// The backend-neutral parts (reductions, argument structs and checks, the mean's normaliser, the
+// bool → template dispatch) are in ../common.h.
 #pragma once
+
+#include "../common.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -10,9 +14,6 @@
 #include <vector>
 
 namespace kdkernels::cpu {
-
-// Matches kdkernels/_registry.py REDUCTIONS.
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
 // Elements per reduction block. Partial sums are taken per block and added in block order, so the
 // result does not depend on the number of threads or on how parallel_for splits the range.
@@ -51,37 +52,6 @@ inline void store_from_acc(const acc_t* src, int64_t n, scalar_t* dst) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
   }
-}
-
-inline Reduction parse_reduction(c10::string_view r) {
-  if (r == "none") return kNone;
-  if (r == "mean") return kMean;
-  if (r == "sum") return kSum;
-  TORCH_CHECK(false, "reduction must be one of 'none', 'mean', 'sum', got '", r, "'");
-}
-
-// mode "softmax" (true) or "sigmoid" (false)
-inline bool parse_softmax(c10::string_view mode, const char* op) {
-  TORCH_CHECK(mode == "softmax" || mode == "sigmoid", op,
-              ": mode must be 'softmax' or 'sigmoid', got '", mode, "'");
-  return mode == "softmax";
-}
-
-// Parameters of the row-wise losses (soft_label_kl, adaptive_distillation_loss), any backend.
-struct RowLossArgs {
-  double temperature;
-  bool softmax;
-  bool adaptive;
-  double beta;
-  double gamma;
-  bool detach_weight;
-  Reduction reduction;
-  double eps;
-  bool compute_grad;
-};
-
-inline at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace kdkernels::cpu
