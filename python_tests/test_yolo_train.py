@@ -1,0 +1,170 @@
+"""kdkernels.integrations.ultralytics end to end: tiny YOLOs (64 px, a few iterations) trained by
+KDDetectionTrainer on the embedded synthetic set exported in YOLO format, with the network blocked;
+YOLO26 (no DFL); resume; compile left on; the DDP launcher's generated script."""
+import csv
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("ultralytics")
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
+from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+
+from kdkernels.integrations.ultralytics import KDDetectionTrainer, make_yolo_data  # noqa: E402
+from kdkernels.integrations.ultralytics import model as kd_model  # noqa: E402
+
+TINY = dict(image_size=64, num_train=16, num_unlabeled=8, num_val=8, classes=["circle", "square", "triangle", "cross"],
+            max_objects=3, min_size=14.0, max_size_frac=0.6, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_yolo_data(tmp_path_factory.mktemp("yolo"), synthetic=TINY, scarce_fraction=0.25)
+
+
+def _teacher(path: Path, yaml: str) -> str:
+    torch.manual_seed(0)
+    torch.save({"model": DetectionModel(yaml, nc=4, verbose=False), "train_args": {"imgsz": 64}}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def teacher11(tmp_path_factory):
+    return _teacher(tmp_path_factory.mktemp("t") / "yolo11n_teacher.pt", "yolo11n.yaml")
+
+
+def _args(data, teacher, tmp_path, **kw):
+    args = dict(model="yolo11n.yaml", data=data["data_yaml"], distill_model=teacher, epochs=1, imgsz=64, batch=4,
+                device="cpu", workers=0, plots=False, amp=False, mosaic=0.0, warmup_epochs=0, val=False,
+                project=str(tmp_path), name="run", exist_ok=True, verbose=False)
+    return {**args, **kw}
+
+
+def _csv(trainer):
+    with open(trainer.csv) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connection or name lookup is recorded and refused."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:2] or args[:1])
+        raise OSError("network blocked in this test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def test_yolo11_distills_with_unlabeled_images_offline(data, teacher11, tmp_path, no_network):
+    trainer = KDDetectionTrainer(overrides=_args(data, teacher11, tmp_path, unlabeled=data["unlabeled"],
+                                                 unlabeled_ratio=1.0, kd_T=3.0))
+    trainer.train()
+    assert no_network == []
+    assert trainer.loss_names == ("box_loss", "cls_loss", "dfl_loss", "kd_feat", "kd_cls", "kd_unl", "kd_ld")
+    assert len(trainer.train_loader) == 2 * 4  # 4 labelled batches of 4, each followed by an unlabeled one
+    (row,) = _csv(trainer)
+    for k in ("kd_feat", "kd_cls", "kd_unl", "kd_ld"):
+        assert float(row[f"train/{k}"]) > 0, k
+    best, _ = load_checkpoint(trainer.best)
+    assert type(best) is DetectionModel  # the final checkpoint holds the student alone
+    import yaml
+    assert yaml.safe_load((trainer.save_dir / "args.yaml").read_text())["kd_T"] == 3.0  # KD keys are run args
+
+
+def test_yolo26_head_without_dfl_trains(data, tmp_path, no_network):
+    teacher = _teacher(tmp_path / "yolo26n_teacher.pt", "yolo26n.yaml")
+    trainer = KDDetectionTrainer(overrides=_args(data, teacher, tmp_path, model="yolo26n.yaml"))
+    trainer.train()
+    assert no_network == []
+    assert trainer.loss_names[-3:] == ("kd_feat", "kd_cls", "kd_box")
+    (row,) = _csv(trainer)
+    assert all(float(row[f"train/{k}"]) > 0 for k in ("kd_feat", "kd_cls", "kd_box"))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_continues_at_the_next_epoch_with_the_kd_settings(data, teacher11, tmp_path):
+    args = _args(data, teacher11, tmp_path, epochs=2, kd_ld=0.5, kd_feat_threshold=0.2)
+    first = KDDetectionTrainer(overrides=args)
+
+    def stop(trainer):
+        raise _Stop
+    first.add_callback("on_model_save", stop)
+    with pytest.raises(_Stop):
+        first.train()
+    saved, ckpt = load_checkpoint(first.last)
+    assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None
+    second = KDDetectionTrainer(overrides={"resume": str(first.last)})
+    assert second.kd == first.kd and second.kd.kd_ld == 0.5 and second.kd.kd_feat_threshold == 0.2
+    restored = {}
+    second.add_callback("on_pretrain_routine_end", lambda t: restored.update(
+        projector=unwrap_model(t.model).projector.state_dict(), student=unwrap_model(t.model).student_model))
+    second.train()
+    assert second.start_epoch == 1
+    assert [int(r["epoch"]) for r in _csv(second)] == [1, 2]
+    for k, v in saved.projector.state_dict().items():  # the trained projector came back with the student
+        torch.testing.assert_close(restored["projector"][k], v, msg=k)
+
+
+def test_compile_stays_on_and_the_kd_terms_compile_without_graph_break(data, teacher11, tmp_path, monkeypatch):
+    import ultralytics.engine.trainer as ul_trainer
+    compiled = []
+
+    def fast_compile(model, device, mode="default", **kw):  # Ultralytics compiles with inductor: slow on 2 cores
+        compiled.append(mode)
+        return torch.compile(model, backend="eager")
+    monkeypatch.setattr(ul_trainer, "attempt_compile", fast_compile)
+    monkeypatch.setattr(kd_model, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    trainer = KDDetectionTrainer(overrides=_args(data, teacher11, tmp_path, compile=True))
+    trainer.train()
+    assert compiled == [True] and trainer.args.compile is True  # not turned off for distillation
+    model = unwrap_model(trainer.model)
+    assert hasattr(model._kd_fn, "_torchdynamo_orig_callable")  # compiled with fullgraph=True: a break raises
+    (row,) = _csv(trainer)
+    assert all(float(row[f"train/{k}"]) > 0 for k in ("kd_feat", "kd_cls", "kd_ld"))
+
+
+def test_ddp_launcher_script_rebuilds_the_kd_trainer(data, teacher11, tmp_path, monkeypatch):
+    """Ultralytics' multi-GPU launcher pickles type(trainer) and its args into a generated script;
+    run that script (with train() replaced by a report) in a fresh interpreter. Without cloudpickle
+    (the extra installs it for real DDP runs) the standard pickle stands in: it pickles classes by
+    reference only, so it proves the trainer class is importable by the script."""
+    import importlib.util
+    import pickle
+
+    import ultralytics.utils.checks as checks
+    from ultralytics.utils import callbacks
+    stand_in = importlib.util.find_spec("cloudpickle") is None
+    if stand_in:
+        monkeypatch.setitem(sys.modules, "cloudpickle", pickle)
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+    monkeypatch.setattr(checks, "check_requirements", lambda *a, **k: True)  # no pip install of cloudpickle
+    trainer = KDDetectionTrainer(overrides=_args(data, teacher11, tmp_path, kd_cls=0.25, unlabeled=data["unlabeled"]))
+    if stand_in:  # the integration callbacks hold lambdas, which only cloudpickle can pickle
+        trainer.callbacks = callbacks.get_default_callbacks()
+    file = generate_ddp_file(trainer)
+    try:
+        script = Path(file).read_text().replace(
+            "trainer.train()", "print('REBUILT', type(trainer).__module__, type(trainer).__name__, trainer.kd.kd_cls, "
+                               "trainer.kd.unlabeled, trainer.kd_teacher)")
+        run = tmp_path / "ddp_check.py"
+        run.write_text(script)
+        out = subprocess.run([sys.executable, str(run)], capture_output=True, text=True, timeout=300)
+    finally:
+        ddp_cleanup(trainer, file)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("REBUILT")][0]
+    assert line.split() == ["REBUILT", "kdkernels.integrations.ultralytics.trainer", "KDDetectionTrainer", "0.25",
+                            data["unlabeled"], teacher11]
