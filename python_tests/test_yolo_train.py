@@ -168,3 +168,30 @@ def test_ddp_launcher_script_rebuilds_the_kd_trainer(data, teacher11, tmp_path, 
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("REBUILT")][0]
     assert line.split() == ["REBUILT", "kdkernels.integrations.ultralytics.trainer", "KDDetectionTrainer", "0.25",
                             data["unlabeled"], teacher11]
+
+
+def test_yolo_export_and_label_scarce_split(data):
+    root = Path(data["root"])
+    names = sorted(p.name for p in (root / "images" / "train").iterdir())
+    labeled = [Path(x).name for x in (root / "scarce_labeled.txt").read_text().split()]
+    unlabeled = [Path(x).name for x in (root / "scarce_unlabeled.txt").read_text().split()]
+    assert sorted(labeled + unlabeled) == names and not set(labeled) & set(unlabeled)
+    boxes = {n: len((root / "labels" / "train" / (Path(n).stem + ".txt")).read_text().split("\n")) - 1 for n in names}
+    share = sum(boxes[n] for n in labeled) / sum(boxes.values())
+    assert share >= 0.25 and share - max(boxes[n] for n in labeled) / sum(boxes.values()) < 0.25  # minimal prefix
+    line = (root / "labels" / "train" / "000000.txt").read_text().split("\n")[0].split()
+    assert 0 <= int(line[0]) < 4 and all(0 < float(v) <= 1 for v in line[1:])
+    assert len(list((root / "images" / "unlabeled").iterdir())) == TINY["num_unlabeled"]
+
+
+def test_cli_make_data_and_train(data, teacher11, tmp_path, no_network):
+    from kdkernels.integrations.ultralytics.cli import main
+    out = tmp_path / "yolo"
+    assert main(["make-data", f"out={out}", f"coco_root={data['coco_root']}", "scarce_fraction=0.5"]) == 0
+    assert (out / "data_scarce.yaml").exists()
+    assert main(["train", "model=yolo11n.yaml", f"data={out / 'data.yaml'}", f"distill_model={teacher11}",
+                 "epochs=1", "imgsz=64", "batch=8", "device=cpu", "workers=0", "plots=False", "amp=False",
+                 "val=False", "mosaic=0", f"project={tmp_path}", "name=cli", "kd_cls=0.5", "kd_ld=0"]) == 0
+    (row,) = list(csv.DictReader(open(tmp_path / "cli" / "results.csv")))
+    assert "train/kd_cls" in row and "train/kd_ld" not in row and float(row["train/kd_feat"]) > 0
+    assert no_network == []
