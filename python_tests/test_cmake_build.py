@@ -51,7 +51,11 @@ void probe_log(const float* x, float* y, long n) {
 }
 void probe_bits(const float* m, const float* x, float* y, long n) {
 #pragma omp simd
-  for (long i = 0; i < n; ++i) { const float v = m[i] * x[i]; y[i] = bits_of(m[i]) != 0 ? v : 0.0f; }
+  for (long i = 0; i < n; ++i) { const float v = m[i] * x[i]; y[i] = not_plus_zero(m[i]) ? v : 0.0f; }
+}
+void probe_bits_f64(const double* m, const double* x, double* y, long n) {
+#pragma omp simd
+  for (long i = 0; i < n; ++i) { const double v = m[i] * x[i]; y[i] = not_plus_zero(m[i]) ? v : 0.0; }
 }
 int main() {
   float x[64], y[64], z[64], m[64];
@@ -63,9 +67,14 @@ int main() {
     if (std::fabs(z[i] - std::log(x[i])) > 1e-6f) { std::printf("log %d\n", i); return 1; }
   }
   for (int i = 0; i < 64; ++i) x[i] = INFINITY;
-  probe_bits(m, x, y, 64);  // +0 bits: 0 whatever x is; -0: (-0) * inf = NaN
+  probe_bits(m, x, y, 64);  // +0: 0 whatever x is; -0: (-0) * inf = NaN
+  double md[64], xd[64], yd[64];
+  for (int i = 0; i < 64; ++i) { md[i] = m[i]; xd[i] = INFINITY; }
+  md[4] = NAN;
+  probe_bits_f64(md, xd, yd, 64);
   for (int i = 0; i < 64; ++i) {
     if (i % 2 ? !std::isnan(y[i]) : y[i] != 0.0f) { std::printf("bits %d\n", i); return 1; }
+    if (i % 2 || i == 4 ? !std::isnan(yd[i]) : yd[i] != 0.0) { std::printf("bits f64 %d\n", i); return 1; }
   }
   if (bits_of(1.0f) != 0x3f800000 || bits_of(-0.0) != INT64_MIN || bits_to_float(0x40000000) != 2.0f) return 1;
   return 0;
@@ -95,7 +104,7 @@ def test_vec_math_compiles_vectorises_and_runs(tmp_path, std, bit_cast):
         lines = VEC_PROBE.splitlines()
         loops = [i + 1 for i, line in enumerate(lines) if line.strip().startswith("for (long i")
                  and lines[i - 1].strip() == "#pragma omp simd"]
-        assert len(loops) == 3
+        assert len(loops) == 4
         for line in loops:
             assert re.search(rf"probe\.cpp:{line}:\d+: optimized: loop vectorized", r.stderr), \
                 f"loop at line {line} not vectorised ({std}, {bit_cast}):\n{r.stderr}"

@@ -22,15 +22,15 @@
 namespace kdkernels::cpu {
 namespace {
 
-// The mask encodes "masked out" as the bit pattern +0 (see build_mask). Products are taken for
-// every element and then selected, so the loop stays branch-free and vectorises.
+// The mask encodes "masked out" as +0 (see build_mask). Products are taken for every element and
+// then selected, so the loop stays branch-free and vectorises.
 template <typename acc_t, bool kGrad, bool kNone>
 KDK_INLINE acc_t mse_block_impl(const acc_t* s, const acc_t* t, const acc_t* m, int64_t n,
                                 acc_t gscale, acc_t* grad, acc_t* out) {
   acc_t acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) {
-    const bool keep = vmath::bits_of(m[i]) != 0;
+    const bool keep = vmath::not_plus_zero(m[i]);
     const acc_t d = s[i] - t[i];
     const acc_t md = m[i] * d;
     const acc_t l = keep ? md * d : acc_t(0);
@@ -73,8 +73,8 @@ acc_t mse_block(const acc_t* s, const acc_t* t, const acc_t* m, int64_t n, acc_t
 
 // m into `mask` (acc_t, N·HW values) in one pass over the confidence (its own dtype, via a
 // contiguous view); returns Σ m, partial sums per block added in block order.
-// Encoding: a masked-out pixel (conf < threshold) is stored as +0 (all bits zero); a kept pixel
-// whose m is ±0 is stored as −0 (the same value, other bits). So the main pass tells them apart:
+// Encoding: a masked-out pixel (conf < threshold) is stored as +0; a kept pixel whose m is ±0 is
+// stored as −0 (the same value, another bit pattern). So the main pass tells them apart:
 // a masked-out pixel gives exactly 0, a kept one m (s − t)² (0 · inf = NaN, as in the formula).
 template <typename conf_t, typename acc_t>
 double build_mask(const conf_t* conf, int64_t n, acc_t thr, acc_t pw, acc_t* mask) {

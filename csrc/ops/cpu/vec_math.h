@@ -54,6 +54,15 @@ KDK_INLINE float bits_to_float(int32_t b) { return bit_cast_<float>(b); }
 KDK_INLINE int32_t bits_of(float f) { return bit_cast_<int32_t>(f); }
 KDK_INLINE int64_t bits_of(double d) { return bit_cast_<int64_t>(d); }
 
+// False only for +0 (the masked-out marker of the masked MSE; −0, NaN and every other value are
+// true). Float compares and copysign (bitwise and/or): with `|`, not `||`, the loop that calls it
+// stays branch-free and vectorises at every ISA level, float64 on baseline SSE2 included (a 64-bit
+// integer compare of the bits would need SSE4.1).
+template <typename T>
+KDK_INLINE bool not_plus_zero(T m) {
+  return (m != T(0)) | (std::copysign(T(1), m) < T(0));
+}
+
 // exp(x), Cephes polynomial, ~1 ulp on [-87, 88]; 0 below -87.3, clamped above 88.3.
 KDK_INLINE float exp_(float x) {
   const float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
