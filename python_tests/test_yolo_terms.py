@@ -287,6 +287,23 @@ def test_interleaved_loader_order_and_length(ratio, n, want):
     assert "".join(loader) == want and len(loader) == len(want)
 
 
+def test_interleaved_loader_set_epoch_reaches_both_samplers():
+    class Sampler(list):
+        epoch = None
+
+        def set_epoch(self, e):
+            self.epoch = e
+
+    class Loader(list):
+        def __init__(self, items):
+            super().__init__(items)
+            self.sampler = Sampler(items)
+    lab, unl = Loader("LLLL"), Loader("UU")
+    loader = InterleavedLoader(lab, unl, 0.5)
+    loader.sampler.set_epoch(3)
+    assert lab.sampler.epoch == unl.sampler.epoch == 3 and len(loader.sampler) == 4
+
+
 @pytest.mark.parametrize("pair_name,labeled", [("dfl_pair", True), ("dfl_pair", False), ("e2e_pair", True)])
 def test_kd_terms_compile_fullgraph_no_graph_break(pair_name, labeled, request):
     torch._dynamo.reset()

@@ -50,6 +50,26 @@ def build_unlabeled_loader(args, img_path, batch: int, data: dict, stride: int, 
                             drop_last=bool(args.compile), device=device)
 
 
+class _Samplers:
+    """The labelled sampler (length, attributes), with set_epoch applied to both samplers."""
+
+    def __init__(self, labeled, unlabeled):
+        self.labeled, self.unlabeled = labeled, unlabeled
+
+    def __len__(self):
+        return len(self.labeled)
+
+    def set_epoch(self, epoch: int) -> None:
+        for s in (self.labeled, self.unlabeled):
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(epoch)
+
+    def __getattr__(self, name):
+        if name in ("labeled", "unlabeled"):
+            raise AttributeError(name)
+        return getattr(self.labeled, name)
+
+
 class InterleavedLoader:
     """Labelled batches with ``ratio`` unlabeled batches per labelled one, in one epoch.
 
@@ -86,6 +106,11 @@ class InterleavedLoader:
             yield batch
             for _ in range(self._due(i) - self._due(i - 1)):
                 yield self._next_unlabeled()
+
+    @property
+    def sampler(self):
+        """The labelled loader's sampler; ``set_epoch`` (DDP) reaches the unlabeled one too."""
+        return _Samplers(self.labeled.sampler, getattr(self.unlabeled, "sampler", None))
 
     def reset(self):
         """Reset both loaders (after close_mosaic)."""
