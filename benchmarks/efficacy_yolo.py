@@ -135,14 +135,20 @@ def _pm(m, s):
     return f"{m:.1f}" if s != s else f"{m:.1f} ± {s:.1f}"
 
 
+def _reference(table: list, t: dict):
+    """The Ultralytics-KD row trained on as many batches as row t (None for teacher/scarce/itself)."""
+    if t["row"] == "teacher" or t["row"].startswith(("scarce", "ultralytics")):
+        return None
+    refs = [r for r in table if r["row"].startswith("ultralytics_kd") and abs(r["batches"] - t["batches"]) <= 2]
+    return refs[0] if refs else None
+
+
 def markdown(cfg: dict, table: list, meta: dict) -> str:
-    by = {t["row"]: t for t in table}
-    ref = by.get("ultralytics_kd")
-    lines = [f"| row | what | seeds | mAP50-95 (%) | mAP50 (%) | Δ mAP50-95 vs Ultralytics KD | batches | s/run |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| row | what | seeds | mAP50-95 (%) | mAP50 (%) | Δ mAP50-95 vs Ultralytics KD, as many batches | "
+             "batches | s/run |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for t in table:
-        delta = "" if ref is None or t["row"] in ("teacher", "ultralytics_kd") or t["row"].startswith("scarce") \
-            else f"{t['map'] - ref['map']:+.1f}"
+        ref = _reference(table, t)
+        delta = "" if ref is None else f"{t['map'] - ref['map']:+.1f} ({ref['row']})"
         lines.append(f"| {t['row']} | {t['desc']} | {t['n']} | {_pm(t['map'], t['map_std'])} | "
                      f"{_pm(t['map50'], t['map50_std'])} | {delta} | {t['batches']} | {t['seconds']:.0f} |")
     return "\n".join(lines) + f"\n\nMeasured {meta['date']} on {meta['machine']}; command `{meta['command']}`.\n"
