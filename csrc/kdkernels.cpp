@@ -1,4 +1,4 @@
-// Operator schemas (the contract of ../shared/docs/METHOD.md) and the Python module `kdkernels._C`.
+// Operator schemas (the contract of docs/METHOD.md) and the Python module `kdkernels._C`.
 //
 // Each loss op returns (loss, grad_student): the fused kernels write the student gradient in the
 // forward pass (Liger-style), so backward is one multiply by grad_output. compute_grad=False skips
