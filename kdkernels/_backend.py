@@ -34,10 +34,13 @@ def _check(name, what="backend") -> str:
 
 
 class _State:
-    """Module state read inside compiled regions (Dynamo guards on these attributes)."""
-    default: str = _check(os.environ.get("KDKERNELS_BACKEND", "auto"),
-                          "environment variable KDKERNELS_BACKEND")
-    override: str | None = None
+    """Module state read inside compiled regions (Dynamo guards on these attributes). Instance
+    attributes from the start, so a switch back to an earlier state reuses its compiled code."""
+
+    def __init__(self):
+        self.default = _check(os.environ.get("KDKERNELS_BACKEND", "auto"),
+                              "environment variable KDKERNELS_BACKEND")
+        self.override = None
 
 
 _STATE = _State()

@@ -44,7 +44,10 @@ def choice(value, name: str, choices) -> str:
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # comparisons, not math.isfinite: under torch.compile a hyperparameter that changes between
+    # calls becomes a SymFloat, which Dynamo compares (and guards on) but cannot pass to isfinite.
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and -math.inf < value < math.inf)
 
 
 def positive(value, name: str) -> float:

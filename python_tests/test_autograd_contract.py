@@ -156,3 +156,54 @@ def test_reference_backend_double_backward_and_jvp(op):
         _, tangent = torch.func.jvp(lambda x: fn(x, *rest), (s.detach(),), (v,))
         (g,) = torch.autograd.grad(fn(s, *rest), s)
     torch.testing.assert_close(tangent, (g * v).sum())
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_batched_grad_outputs(backend, reduction):
+    """autograd.grad(is_grads_batched=True) (what functional.jacobian(vectorize=True) uses)."""
+    s0, t, w = _row_inputs(backend.device)
+
+    def rows(x):
+        return kdkernels.soft_label_kl(x, t, mode="sigmoid", weight=w, reduction=reduction)
+
+    def batched_grad(x):
+        x = x.clone().requires_grad_(True)
+        out = rows(x)
+        vs = torch.linspace(-1, 2, 3 * out.numel(), device=x.device).reshape(3, *out.shape)
+        return torch.autograd.grad(out, x, vs, is_grads_batched=True)[0]
+
+    got = batched_grad(s0)
+    with kdkernels.use_backend("reference"):
+        expected = batched_grad(s0)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS, indirect=True)
+def test_saved_tensor_hooks_keep_their_reference(backend):
+    """A saved_tensors_hooks pack that keeps the saved gradient: backward must not scale it in place."""
+    s, t, w = _row_inputs(backend.device)
+    s.requires_grad_(True)
+    kept = []
+
+    def pack(x):
+        kept.append(x)
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        loss = OPS["kl_sigmoid"][1](s, t, w)
+    snapshot = [k.clone() for k in kept]
+    (loss * 3).backward()
+    for k, before in zip(kept, snapshot):
+        torch.testing.assert_close(k, before, rtol=0, atol=0)
+    torch.testing.assert_close(s.grad, 3 * _reference_grad("kl_sigmoid", s, (t, w)))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS, indirect=True)
+def test_compiled_forward_ad_is_a_clear_error(backend):
+    import torch.autograd.forward_ad as fwAD
+    torch._dynamo.reset()
+    s, t, _ = _row_inputs(backend.device)
+    fn = torch.compile(lambda x: kdkernels.soft_label_kl(x, t), backend="aot_eager")
+    with fwAD.dual_level(), pytest.raises(Exception, match="forward-mode AD"):
+        fn(fwAD.make_dual(s, torch.ones_like(s)))

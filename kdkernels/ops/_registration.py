@@ -14,6 +14,9 @@ it is scaled in place and handed over: no copy, and the op keeps no reference to
 
 Double backward (``create_graph=True``) and forward-mode AD are not implemented by the fused
 kernels: both raise an error naming the op. The "reference" backend supports them.
+
+The raw ops (``torch.ops.kdkernels.*``) are internal: their second output belongs to autograd,
+which may scale it in place during backward. Call the public ops (``kdkernels.<op>``).
 """
 from __future__ import annotations
 
@@ -31,11 +34,17 @@ def _plain_eager(*tensors) -> bool:
             and all(type(t) is torch.Tensor for t in tensors))
 
 
+def _batched(t: torch.Tensor) -> bool:
+    """A vmapped grad_output (autograd.grad(is_grads_batched=True), functorch transforms)."""
+    return (torch._C._functorch.is_legacy_batchedtensor(t) or torch._C._functorch.is_batchedtensor(t)
+            or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def _backward(ctx, grad_loss, _unused_grad_of_grad):
     rest = (None,) * (ctx.num_inputs - 1)
     if grad_loss is None:  # the loss did not reach the output (materialize_grads is off)
         return (None,) + rest
-    eager = _plain_eager(grad_loss)
+    eager = _plain_eager(grad_loss) and not _batched(grad_loss)
     if eager and torch.is_grad_enabled():
         raise RuntimeError(f"{ctx.op_name}: double backward (create_graph=True) is not supported "
                            f"by the fused kdkernels backends; {_ONLY_REFERENCE}")
@@ -45,7 +54,8 @@ def _backward(ctx, grad_loss, _unused_grad_of_grad):
                            "call it with compute_grad=True when the student needs a gradient")
     g = grad_loss if grad_loss.dim() == 0 else grad_loss.reshape(
         grad_loss.shape + (1,) * (grad.dim() - grad_loss.dim()))
-    if eager and type(grad) is torch.Tensor and not torch._C._autograd._get_current_graph_task_keep_graph():
+    if (eager and ctx.may_hand_over and type(grad) is torch.Tensor
+            and not torch._C._autograd._get_current_graph_task_keep_graph()):
         # Autograd releases the saved buffer right after this call: hand it over, scaled in place.
         if g.dim() == 0 and g.device.type == "cpu" and float(g) == 1.0:
             return (grad,) + rest
@@ -57,6 +67,8 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[1])
+    # A saved-tensors hook may keep its own reference to the buffer: then never hand it over.
+    ctx.may_hand_over = torch._C._autograd._top_saved_tensors_default_hooks(False) is None
     ctx.num_inputs = len(inputs)
     ctx.student_numel = inputs[0].numel()
 
@@ -73,7 +85,10 @@ def register_loss_autograd(qualname: str) -> None:
 
 
 def _check_no_forward_ad(op: str, student: torch.Tensor) -> None:
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # dual tensors cannot be inspected while tracing: any dual level
+        if forward_ad._current_level >= 0:
+            raise RuntimeError(f"kdkernels.{op}: forward-mode AD (torch.autograd.forward_ad) is not "
+                               f"supported by the fused kdkernels backends; {_ONLY_REFERENCE}")
         return
     interpreter = torch._C._functorch.peek_interpreter_stack()
     jvp = interpreter is not None and interpreter.key() == torch._C._functorch.TransformType.Jvp
