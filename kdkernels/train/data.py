@@ -46,8 +46,10 @@ def _load_uint8(path) -> np.ndarray:
             return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as e:
+        # ImportError: once Ultralytics is imported, its PIL.Image.open patch answers an
+        # undecodable file by importing the optional pi_heif plugin
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -11,6 +11,8 @@ What Ultralytics would reach for, and what this does about it:
   runs only when that file is already in ``SETTINGS["weights_dir"]``; otherwise it is skipped and the
   ``amp`` setting is kept (on CPU it still turns fp16 AMP off, as Ultralytics does; ``amp=bf16``
   needs no check).
+- image decoding (Ultralytics patches ``PIL.Image.open`` to pip-install ``pi-heif`` at the first
+  file PIL cannot identify): marked as done, so such a file is a plain PIL error.
 - weights: models come from YAML (``model=yolo11n.yaml``); a ``.pt`` must be a local file.
 
 ``offline_mode()`` applies the last three for the duration of a ``with`` block and restores them.
@@ -58,6 +60,8 @@ _PATCHES = (
     ("ultralytics.data.utils", "check_font", _local_font),
     ("ultralytics.utils.plotting", "check_font", _local_font),
     ("ultralytics.engine.trainer", "check_amp", _local_amp_check),
+    # PIL.Image.open patch: an undecodable image would trigger a pip install of pi-heif
+    ("ultralytics.utils.patches", "_pil_plugins_registered", True),
 )
 
 
