@@ -92,6 +92,12 @@ def row_weight(weight, rows: int, ref: torch.Tensor):
     return weight.detach().reshape(rows)
 
 
+def plain_eager(*tensors) -> bool:
+    """True outside any tracing (compile, make_fx, fake or functional tensors)."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and all(type(t) is torch.Tensor for t in tensors))
+
+
 def check_weight_values(weight, op: str, backend: str) -> None:
     """weight must be finite and >= 0. The cpu kernel checks while it reads the weights; CUDA
     tensors are checked only with KDKERNELS_CHECK_VALUES=1 (the check needs a host sync). Under
@@ -102,7 +108,7 @@ def check_weight_values(weight, op: str, backend: str) -> None:
         return
     message = f"kdkernels.{op}: weight must be finite and >= 0"
     ok = (weight >= 0).all() & torch.isfinite(weight).all()
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or type(weight) is not torch.Tensor:
+    if not plain_eager(weight):
         torch._assert_async(ok, message)
     elif not bool(ok):
         bad = weight[~((weight >= 0) & torch.isfinite(weight))]

@@ -23,15 +23,9 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as forward_ad
 
-from .. import _backend
+from .. import _backend, _validate as V
 
 _ONLY_REFERENCE = "use `kdkernels.use_backend(\"reference\")` around this call, which supports it"
-
-
-def _plain_eager(*tensors) -> bool:
-    """True outside any tracing (compile, make_fx, fake or functional tensors)."""
-    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and all(type(t) is torch.Tensor for t in tensors))
 
 
 def _batched(t: torch.Tensor) -> bool:
@@ -44,7 +38,7 @@ def _backward(ctx, grad_loss, _unused_grad_of_grad):
     rest = (None,) * (ctx.num_inputs - 1)
     if grad_loss is None:  # the loss did not reach the output (materialize_grads is off)
         return (None,) + rest
-    eager = _plain_eager(grad_loss) and not _batched(grad_loss)
+    eager = V.plain_eager(grad_loss) and not _batched(grad_loss)
     if eager and torch.is_grad_enabled():
         raise RuntimeError(f"{ctx.op_name}: double backward (create_graph=True) is not supported "
                            f"by the fused kdkernels backends; {_ONLY_REFERENCE}")
