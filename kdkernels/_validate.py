@@ -8,6 +8,7 @@ import torch
 
 REDUCTIONS = ("none", "mean", "sum")
 MODES = ("softmax", "sigmoid")
+CLASS_REDUCTIONS = ("sum", "mean")
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Debug switch: check tensor values that need the data (weight finite and >= 0) on CUDA too, at the
 # cost of a host synchronisation per call. CPU tensors are always checked (the CPU kernel checks
@@ -155,3 +156,87 @@ def autocast_pair(a: torch.Tensor, b: torch.Tensor):
         dtype = torch.promote_types(a.dtype, b.dtype)
         return a.to(dtype), b.to(dtype)
     return a, b
+
+
+def features(x, name: str) -> torch.Tensor:
+    """A float (N, C, H, W) feature map."""
+    tensor(x, name)
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")
+    return x
+
+
+def feature_tensors(student, teacher) -> None:
+    """Student and teacher (N, C, H, W) features of the same shape, dtype and device."""
+    features(student, "student")
+    tensor(teacher, "teacher")
+    same_layout(student, teacher, "student", "teacher")
+
+
+def pearson_sizes(student) -> None:
+    n, _, h, w = student.shape
+    if n * h * w < 2:
+        raise ValueError("student must hold at least 2 values per channel (N·H·W >= 2) for the "
+                         f"unbiased standard deviation, got shape {tuple(student.shape)}")
+
+
+def separable_weights(student, teacher, spatial_weight, channel_weight):
+    """(N, C, H, W) features, (N, H, W) or (N, 1, H, W) spatial weight, None or (N, C) channel
+    weight → the weights as (N, H, W), (N, C) or None, detached."""
+    feature_tensors(student, teacher)
+    tensor(spatial_weight, "spatial_weight")
+    same_device(student, spatial_weight, "student", "spatial_weight")
+    n, c, h, w = student.shape
+    if spatial_weight.dim() == 4 and spatial_weight.shape[1] == 1:
+        spatial_weight = spatial_weight[:, 0]
+    if tuple(spatial_weight.shape) != (n, h, w):
+        raise ValueError(f"spatial_weight must have shape (N, H, W) = {(n, h, w)} or (N, 1, H, W), "
+                         f"got {tuple(spatial_weight.shape)}")
+    if channel_weight is not None:
+        tensor(channel_weight, "channel_weight")
+        same_device(student, channel_weight, "student", "channel_weight")
+        if tuple(channel_weight.shape) != (n, c):
+            raise ValueError(f"channel_weight must have shape (N, C) = {(n, c)}, "
+                             f"got {tuple(channel_weight.shape)}")
+        channel_weight = channel_weight.detach()
+    return spatial_weight.detach(), channel_weight
+
+
+def check_values(x, name: str, op: str) -> None:
+    """x must be finite and >= 0, checked on every device (a small reduction, no kernel check):
+    an in-graph assert under tracing; on CUDA only with KDKERNELS_CHECK_VALUES=1 (host sync)."""
+    if x is None or x.numel() == 0:
+        return
+    if x.device.type == "cuda" and not CHECK_VALUES_ON_CUDA:
+        return
+    message = f"kdkernels.{op}: {name} must be finite and >= 0"
+    ok = ((x >= 0) & torch.isfinite(x)).all()
+    if not plain_eager(x):
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        bad = x[~((x >= 0) & torch.isfinite(x))]
+        raise ValueError(f"{message}, got {bad[0].item()} ({bad.numel()} bad values)")
+
+
+def dkd_inputs(student_logits, teacher_logits, labels):
+    """(…, K) logits with K >= 2 and integer labels of the leading shape in [0, K) → (B, K), (B, K), (B,)."""
+    s, t = logits_pair(student_logits, teacher_logits)
+    if s.shape[1] < 2:
+        raise ValueError(f"student_logits must have K >= 2 classes for decoupled KD, got {s.shape[1]}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32, torch.int16,
+                                                                     torch.uint8, torch.int8):
+        raise TypeError("labels must be an integer torch.Tensor of class indices, got "
+                        f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    same_device(student_logits, labels, "student_logits", "labels")
+    if labels.numel() != s.shape[0]:
+        raise ValueError(f"labels must hold one class index per row of the logits ({s.shape[0]}), "
+                         f"got shape {tuple(labels.shape)}")
+    labels = labels.reshape(-1).long()
+    if labels.numel() and labels.device.type == "cpu" and plain_eager(labels):
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= s.shape[1]:
+            raise ValueError(f"labels must be in [0, {s.shape[1]}), got {lo if lo < 0 else hi}")
+    elif labels.numel():
+        torch._assert_async(((labels >= 0) & (labels < s.shape[1])).all(),
+                            f"kdkernels.decoupled_kd: labels must be in [0, {s.shape[1]})")
+    return s, t, labels

@@ -100,17 +100,129 @@ def _kl_terms(s, t, temperature: float, mode: str):
 
 
 def soft_label_kl(student_logits, teacher_logits, *, temperature=1.0, mode="softmax", weight=None,
-                  reduction="mean", eps=1e-6):
-    """row_r = T² KL(p_t‖q_s) (softmax over K, or Σ_k binary KL for sigmoid); weighted; reduced."""
+                  reduction="mean", eps=1e-6, class_reduction="sum"):
+    """row_r = T² KL(p_t‖q_s) (softmax over K, or Σ_k binary KL for sigmoid), divided by K for
+    class_reduction="mean" (MMDetection's KnowledgeDistillationKLDivLoss); weighted; reduced."""
     s, t = V.logits_pair(student_logits, teacher_logits)
     w = V.row_weight(weight, s.shape[0], s)
     T = V.positive(temperature, "temperature")
     V.choice(mode, "mode", V.MODES)
     V.choice(reduction, "reduction", V.REDUCTIONS)
+    V.choice(class_reduction, "class_reduction", V.CLASS_REDUCTIONS)
     V.positive(eps, "eps")
     kl, _ = _kl_terms(_acc(s), _acc(t.detach()), T, mode)
     rows = kl if mode == "softmax" else kl.sum(-1)
+    if class_reduction == "mean":
+        rows = rows / s.shape[-1]
     return _reduce(T * T * rows, w, reduction, eps, student_logits)
+
+
+def localization_distillation(student_bins, teacher_bins, *, temperature=10.0, weight=None,
+                              reduction="mean", eps=1e-6):
+    """LD (Zheng et al.): row = T² · KL(softmax(t/T) ‖ softmax(s/T)) / K over the K box-edge bins."""
+    return soft_label_kl(student_bins, teacher_bins, temperature=temperature, mode="softmax",
+                         weight=weight, reduction=reduction, eps=eps, class_reduction="mean")
+
+
+def channel_wise_divergence(student, teacher, *, temperature=4.0, reduction="mean"):
+    """CWD (Shu et al.): per (n, c) T² · KL(softmax_HW(t/T) ‖ softmax_HW(s/T)); mean over N·C;
+    "none" → (N, C)."""
+    V.feature_tensors(student, teacher)
+    T = V.positive(temperature, "temperature")
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    n, c, h, w = student.shape
+    s = _acc(student).reshape(n * c, h * w)
+    t = _acc(teacher.detach()).reshape(n * c, h * w)
+    kl, _ = _kl_terms(s, t, T, "softmax")
+    rows = (T * T * kl).reshape(n, c)
+    if reduction == "none":
+        return rows.to(student.dtype)
+    return (rows.sum() if reduction == "sum" else rows.mean()).to(student.dtype)
+
+
+def _standardise_channels(x, eps=1e-6):
+    """(N, C, H, W) → each channel minus its mean over N·H·W, over (unbiased std + eps)."""
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+    mean = flat.mean(dim=1, keepdim=True)
+    std = flat.std(dim=1, keepdim=True)
+    return (flat - mean) / (std + eps)
+
+
+def pearson_feature_loss(student, teacher, *, reduction="mean"):
+    """PKD (Cao et al.): ŝ, t̂ = per-channel standardised over N·H·W (unbiased std + 1e-6);
+    element loss (ŝ − t̂)²/2; mean over all elements, sum, or "none" → (C,) per-channel means."""
+    V.feature_tensors(student, teacher)
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    V.pearson_sizes(student)
+    diff = _standardise_channels(_acc(student)) - _standardise_channels(_acc(teacher.detach()))
+    per_element = diff.square() / 2  # (C, N·H·W)
+    if reduction == "none":
+        return per_element.mean(dim=1).to(student.dtype)
+    return (per_element.sum() if reduction == "sum" else per_element.mean()).to(student.dtype)
+
+
+def separable_weighted_mse(student, teacher, spatial_weight, channel_weight=None, *, reduction="mean",
+                           eps=1e-6):
+    """l = w_s[n,h,w] · w_c[n,c] · (s − t)²; mean = Σ l / (C · max(Σ w_s, eps)).
+
+    An element whose weight is 0 (w_s or w_c) contributes exactly 0 to the loss and the gradient,
+    whatever its features; a NaN weight propagates. Σ w_s == 0 gives mean 0 with a zero gradient."""
+    ws, wc = V.separable_weights(student, teacher, spatial_weight, channel_weight)
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    V.positive(eps, "eps")
+    s, t = _acc(student), _acc(teacher.detach())
+    w = ws.to(s.dtype).unsqueeze(1)
+    if wc is not None:
+        w = w * wc.to(s.dtype)[:, :, None, None]
+    keep = w != 0  # NaN weights are kept (NaN in, NaN out)
+    diff = torch.where(keep, s - t, 0.0)
+    loss = w * diff.square()
+    if reduction == "none":
+        return loss.to(student.dtype)
+    if reduction == "sum":
+        return loss.sum().to(student.dtype)
+    c = student.shape[1]
+    return _safe_mean(loss.sum(), ws.to(s.dtype).sum() * c, eps * c).to(student.dtype)
+
+
+def fgd_attention(features, temperature=0.5):
+    """FGD's attention maps: spatial H·W·softmax_HW(mean_c|F|/T) (N, H, W) and channel
+    C·softmax_C(mean_HW|F|/T) (N, C); differentiable, in the input dtype."""
+    V.features(features, "features")
+    T = V.positive(temperature, "temperature")
+    n, c, h, w = features.shape
+    a = _acc(features).abs()
+    spatial = h * w * torch.softmax(a.mean(dim=1).reshape(n, h * w) / T, dim=1)
+    channel = c * torch.softmax(a.mean(dim=(2, 3)) / T, dim=1)
+    return spatial.reshape(n, h, w).to(features.dtype), channel.to(features.dtype)
+
+
+def decoupled_kd(student_logits, teacher_logits, labels, *, alpha=1.0, beta=1.0, temperature=1.0,
+                 reduction="mean"):
+    """DKD (Zhao et al.): row_b = T² (α·TCKD + β·NCKD); TCKD = binary KL over [p_gt, 1 − p_gt],
+    NCKD = KL over the non-target classes renormalised; mean = Σ_b row_b / B ("batchmean")."""
+    s, t, gt = V.dkd_inputs(student_logits, teacher_logits, labels)
+    V.non_negative(alpha, "alpha")
+    V.non_negative(beta, "beta")
+    T = V.positive(temperature, "temperature")
+    V.choice(reduction, "reduction", V.REDUCTIONS)
+    a, b = _acc(t.detach()) / T, _acc(s) / T
+    onehot = F.one_hot(gt, a.shape[1]).bool()
+
+    def parts(x):
+        lse = torch.logsumexp(x, dim=1)
+        lse_nt = torch.logsumexp(x.masked_fill(onehot, -torch.inf), dim=1)
+        log_gt = x.gather(1, gt[:, None])[:, 0] - lse   # log p_gt
+        return log_gt, lse_nt - lse, x - lse_nt[:, None]  # log p_gt, log(1 − p_gt), log p̂ (non-target)
+
+    tg, tn, tp = parts(a)
+    sg, sn, sp = parts(b)
+    tckd = tg.exp() * (tg - sg) + tn.exp() * (tn - sn)
+    nckd = torch.where(onehot, 0.0, tp.exp() * (tp - sp)).sum(dim=1)
+    rows = T * T * (alpha * tckd + beta * nckd)
+    if reduction == "none":
+        return rows.to(student_logits.dtype).reshape(student_logits.shape[:-1])
+    return (rows.sum() if reduction == "sum" else rows.mean()).to(student_logits.dtype)
 
 
 def adaptive_distillation_loss(student_logits, teacher_logits, *, temperature=1.0, beta=1.0,
