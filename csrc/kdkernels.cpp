@@ -28,6 +28,9 @@ TORCH_LIBRARY(kdkernels, m) {
       "adaptive_distillation_loss(Tensor student_logits, Tensor teacher_logits, Tensor? weight, "
       "float temperature, float beta, float gamma, str mode, bool detach_weight, str reduction, "
       "float eps, bool compute_grad) -> (Tensor, Tensor)");
+  m.def(
+      "pearson_feature_loss(Tensor student, Tensor teacher, str reduction, bool compute_grad) "
+      "-> (Tensor, Tensor)");
 }
 
 namespace {

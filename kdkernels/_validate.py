@@ -174,7 +174,9 @@ def feature_tensors(student, teacher) -> None:
 
 
 def pearson_sizes(student) -> None:
-    n, _, h, w = student.shape
+    n, c, h, w = student.shape
+    if c < 1:
+        raise ValueError(f"student must have at least one channel, got shape {tuple(student.shape)}")
     if n * h * w < 2:
         raise ValueError("student must hold at least 2 values per channel (N·H·W >= 2) for the "
                          f"unbiased standard deviation, got shape {tuple(student.shape)}")

@@ -18,7 +18,8 @@ _row_losses.py (the row kernel shared by soft_label_kl and ADL, as csrc/ops/cpu/
 _common.py (math helpers, tiles and autotune configs, partial sums, device guard, registration).
 """
 from . import adaptive_distillation_loss, confidence_masked_mse, soft_label_kl  # noqa: F401 (registration)
+from . import pearson_feature_loss  # noqa: F401 (registration)
 
-OPS = ("confidence_masked_mse", "soft_label_kl", "adaptive_distillation_loss")
+OPS = ("confidence_masked_mse", "soft_label_kl", "adaptive_distillation_loss", "pearson_feature_loss")
 
 __all__ = ["OPS"]
