@@ -90,6 +90,7 @@ class Case:
     kwargs: dict               # fixed keyword arguments of the op
     sizes: tuple[Size, ...]
     kind: str                  # "features" (N, C, H, W) + confidence (N, H, W) | "logits" (R, K) + weight (R,)
+                               # | "feature_pair" (N, C, H, W) alone
     description: str = ""
     _compiled: Callable | None = field(default=None, repr=False)
 
@@ -108,6 +109,8 @@ class Case:
             # uniform in [0, 1]: with threshold 0.5 half of the pixels are imitated
             confidence = torch.rand((n, h, w), generator=gen, device=device).to(dtype)
             return Inputs(student, teacher, (confidence,), dict(self.kwargs))
+        if self.kind == "feature_pair":  # (N, C, H, W) student and teacher only
+            return Inputs(randn(size.shape).requires_grad_(), randn(size.shape), (), dict(self.kwargs))
         if self.kind == "logits":
             student = randn(size.shape, 2.0).requires_grad_()
             teacher = randn(size.shape, 2.0)
@@ -197,6 +200,12 @@ _LOGIT_SIZES = (
     Size("RetinaNet (400000,80)", (400000, 80), realistic=True),
 )
 
+_PKD_SIZES = (
+    Size("(2,64,32,32)", (2, 64, 32, 32), quick=True),
+    Size("(8,256,40,40)", (8, 256, 40, 40), realistic=True),
+    Size("(16,256,80,80)", (16, 256, 80, 80), realistic=True),
+)
+
 CASES: tuple[Case, ...] = (
     Case("confidence_masked_mse", "confidence_masked_mse", dict(threshold=0.5, reduction="mean"),
          _FEATURE_SIZES, "features",
@@ -209,5 +218,7 @@ CASES: tuple[Case, ...] = (
          _LOGIT_SIZES, "logits", "ADL (β = 1, γ = 2), weight = teacher confidence"),
     Case("adaptive_distillation_loss[softmax]", "adaptive_distillation_loss", dict(mode="softmax"),
          _LOGIT_SIZES, "logits", "softmax ADL (β = 1, γ = 2), weight = teacher confidence"),
+    Case("pearson_feature_loss", "pearson_feature_loss", dict(reduction="mean"), _PKD_SIZES, "feature_pair",
+         "PKD: per-channel standardised features, MSE / 2 (MMRazor PKDLoss)"),
 )
 CASES_BY_NAME = {c.name: c for c in CASES}

@@ -22,6 +22,8 @@ OPS = {
     "kl_softmax": (_row_inputs, lambda s, t, w: kdkernels.soft_label_kl(s, t, mode="softmax", weight=w)),
     "adl_sigmoid": (_row_inputs, lambda s, t, w: kdkernels.adaptive_distillation_loss(s, t, weight=w, mode="sigmoid")),
     "adl_softmax": (_row_inputs, lambda s, t, w: kdkernels.adaptive_distillation_loss(s, t, weight=w, mode="softmax")),
+    "pearson": (lambda d: (torch.randn(2, 3, 5, 4, device=d), torch.randn(2, 3, 5, 4, device=d)),
+                lambda s, t: kdkernels.pearson_feature_loss(s, t)),
 }
 
 

@@ -232,17 +232,25 @@ def test_raw_op_zero_channels(backend):
     assert math.isnan(op(s, t, "mean", False)[0].item())
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_deterministic_and_thread_count_independent(threads):
-    s, t = make((4, 16, 50, 60), torch.float32)  # M = 12000: three blocks per channel
-    first = [run_with_grad(lambda x: kdkernels.pearson_feature_loss(x, t, reduction=r), s) for r in REDUCTIONS]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_deterministic_and_thread_count_independent(dtype):
+    """Bitwise equal results for 1, 2 and 8 threads. With 16 channels the CPU kernel runs channel
+    by channel for 1 and 2 threads (C >= 4 threads) and block by block for 8: the same sums."""
+    s, t = make((4, 16, 50, 60), dtype)  # M = 12000: three blocks per channel, mid-plane boundaries
+
+    def results():
+        with kdkernels.use_backend("cpu"):
+            return [run_with_grad(lambda x: kdkernels.pearson_feature_loss(x, t, reduction=r), s)
+                    for r in REDUCTIONS]
+
     old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        for _ in range(2):
-            for (loss0, grad0), r in zip(first, REDUCTIONS):
-                loss, grad = run_with_grad(lambda x: kdkernels.pearson_feature_loss(x, t, reduction=r), s)
-                assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+        torch.set_num_threads(1)
+        first = results()
+        for threads in (1, 2, 8):
+            torch.set_num_threads(threads)
+            for (loss, grad), (loss0, grad0) in zip(results(), first):
+                assert torch.equal(loss, loss0) and torch.equal(grad, grad0), threads
     finally:
         torch.set_num_threads(old)
 
@@ -452,3 +460,70 @@ def test_triton_schema_and_opcheck(backend):
     for reduction in REDUCTIONS:
         torch.library.opcheck(op, (s.clone().requires_grad_(True), t, reduction, True))
 
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU only: a realistic FPN level, no host synchronisation, CUDA-graph capture, opcheck
+
+GPU_BACKENDS = [p for p in FUSED_BACKENDS if p.values[0].device == "cuda"]  # empty: skipped
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_fpn_level(backend, dtype):
+    s, t = make((16, 256, 80, 80), dtype)
+    check(backend, s, t, "mean")
+    check(backend, s[:4], t[:4], "none")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS, indirect=True)
+def test_gpu_no_host_sync_and_graph_capture(backend):
+    s, t = (x.cuda() for x in make((4, 64, 40, 40), torch.float32))
+    s.requires_grad_(True)
+
+    def step():
+        s.grad = None
+        loss = kdkernels.pearson_feature_loss(s, t)
+        loss.backward()
+        return loss
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up: autotuning and lazy init may synchronise
+        step()
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        eager = step().detach().clone()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    s.grad = None
+    with torch.cuda.graph(graph):
+        loss = kdkernels.pearson_feature_loss(s, t)
+        loss.backward()
+    new_s, new_t = (x.cuda() for x in make((4, 64, 40, 40), torch.float32, seed=5))
+    with torch.no_grad():
+        s.copy_(new_s)
+        t.copy_(new_t)
+    graph.replay()
+    torch.cuda.synchronize()
+    x = new_s.clone().requires_grad_(True)
+    expected = kdkernels.pearson_feature_loss(x, new_t)
+    expected.backward()
+    assert torch.isfinite(eager)
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(s.grad, x.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS, indirect=True)
+def test_gpu_opcheck(backend):
+    op = kdkernels._backend.fused_op(backend.name, "pearson_feature_loss")
+    s, t = (x.cuda() for x in make((2, 3, 4, 8), torch.float32))
+    for reduction in REDUCTIONS:
+        torch.library.opcheck(op, (s.clone().requires_grad_(True), t, reduction, True))

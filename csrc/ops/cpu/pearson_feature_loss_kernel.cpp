@@ -12,7 +12,8 @@
 //   pass 2: d = ŝ − t̂ elementwise: the loss partial Σ d² per block (exact even when ŝ ≈ t̂,
 //           where the closed form Σŝ² + Σt̂² − 2Σŝt̂ would cancel) and ∂loss/∂s = scale·a·(d − p·ds).
 // Blocks are kBlock consecutive values of one channel (spanning (n, c) planes when H·W is
-// small), so results do not depend on the thread count. Sums in at::opmath_type (float for
+// small), so results do not depend on the thread count. With many channels a thread runs both
+// passes on one channel after the other (pass 2 then rereads it from cache). Sums in at::opmath_type (float for
 // float/half/bfloat16, double for double); 64-bit offsets; inputs of any strides (made
 // contiguous once); NaN in → NaN out for the channel it is in.
 #include "../pearson_feature_loss.h"
@@ -124,73 +125,86 @@ struct Layout {
   int64_t C, HW, M, blocks_per_channel;
 };
 
-// Pass 1 and the statistics: one PearsonStats per channel.
-template <typename scalar_t>
-std::vector<PearsonStats<at::opmath_type<scalar_t>>> channel_stats(const Layout<scalar_t>& L) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t bpc = L.blocks_per_channel, num_blocks = L.C * bpc;
-  std::vector<acc_t> partials(num_blocks * 5, acc_t(0));
-  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
-    const bool staged = !std::is_same_v<scalar_t, acc_t>;
-    std::vector<acc_t> sbuf(staged ? kBlock : 0), tbuf(staged ? kBlock : 0);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c = b / bpc, m0 = (b % bpc) * kBlock;
-      const acc_t ks = static_cast<acc_t>(L.s[c * L.HW]), kt = static_cast<acc_t>(L.t[c * L.HW]);
-      acc_t* sums = partials.data() + b * 5;
-      for_segments(c, L.C, L.HW, m0, std::min(L.M, m0 + kBlock), [&](int64_t off, int64_t len) {
-        moments(load_as_acc(L.s + off, len, sbuf.data()), load_as_acc(L.t + off, len, tbuf.data()),
-                len, ks, kt, sums);
-      });
-    }
-  });
-  std::vector<PearsonStats<acc_t>> stats(L.C);
-  at::parallel_for(0, L.C, 64, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      acc_t sum[5] = {0, 0, 0, 0, 0};
-      for (int64_t k = 0; k < bpc; ++k) {
-        for (int q = 0; q < 5; ++q) sum[q] += partials[(c * bpc + k) * 5 + q];
-      }
-      stats[c] = pearson_stats<acc_t>(static_cast<acc_t>(L.s[c * L.HW]),
-                                      static_cast<acc_t>(L.t[c * L.HW]), sum[0], sum[1], sum[2],
-                                      sum[3], sum[4], static_cast<acc_t>(L.M),
-                                      static_cast<acc_t>(kPearsonEps));
-    }
-  });
-  return stats;
-}
-
-// Pass 2: the gradient (kGrad) and each channel's Σ d² (block partials added in block order).
+// Both passes; returns each channel's Σ d². Every block's sums and every per-channel sum over the
+// blocks (in block order) are the same whichever schedule runs, so the result does not depend on
+// the schedule or the thread count:
+//   by channel (C >= 4 threads): a thread takes whole channels and runs pass 1, the statistics and
+//     pass 2 on one channel after the other, so pass 2 rereads the channel from cache (a channel
+//     of an FPN level is 0.1–1 MB of student + teacher) and there are two parallel regions less;
+//   by block (few channels): pass 1 over all blocks in parallel, the statistics, pass 2 likewise.
 template <typename scalar_t, bool kGrad>
-std::vector<at::opmath_type<scalar_t>> channel_losses(
-    const Layout<scalar_t>& L, const std::vector<PearsonStats<at::opmath_type<scalar_t>>>& stats,
-    double scale, scalar_t* grad) {
+std::vector<at::opmath_type<scalar_t>> pearson_passes(const Layout<scalar_t>& L, double scale,
+                                                      scalar_t* grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t bpc = L.blocks_per_channel, num_blocks = L.C * bpc;
-  std::vector<acc_t> partials(num_blocks, acc_t(0));
-  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
-    const bool staged = !std::is_same_v<scalar_t, acc_t>;
-    std::vector<acc_t> sbuf(staged ? kBlock : 0), tbuf(staged ? kBlock : 0),
-        gbuf(staged && kGrad ? kBlock : 0);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c = b / bpc, m0 = (b % bpc) * kBlock;
-      const PearsonStats<acc_t>& st = stats[c];
-      const acc_t ga = static_cast<acc_t>(scale * static_cast<double>(st.a));
-      acc_t part = 0;
-      for_segments(c, L.C, L.HW, m0, std::min(L.M, m0 + kBlock), [&](int64_t off, int64_t len) {
-        acc_t* g = kGrad ? acc_out(grad + off, gbuf.data()) : nullptr;
-        part += pass2<acc_t, kGrad>(load_as_acc(L.s + off, len, sbuf.data()),
-                                    load_as_acc(L.t + off, len, tbuf.data()), len, st, ga, g);
-        if constexpr (kGrad) store_from_acc(g, len, grad + off);
-      });
-      partials[b] = part;
+  constexpr bool staged = !std::is_same_v<scalar_t, acc_t>;
+  const int64_t C = L.C, bpc = L.blocks_per_channel, num_blocks = C * bpc;
+  std::vector<acc_t> moment_parts(num_blocks * 5, acc_t(0)), square_parts(num_blocks, acc_t(0));
+  std::vector<PearsonStats<acc_t>> stats(C);
+  struct Buffers {  // staging of half/bfloat16 values in acc_t
+    std::vector<acc_t> s, t, g;
+    Buffers() : s(staged ? kBlock : 0), t(staged ? kBlock : 0), g(staged && kGrad ? kBlock : 0) {}
+  };
+
+  auto moments_block = [&](int64_t b, Buffers& buf) {
+    const int64_t c = b / bpc, m0 = (b % bpc) * kBlock;
+    const acc_t ks = static_cast<acc_t>(L.s[c * L.HW]), kt = static_cast<acc_t>(L.t[c * L.HW]);
+    acc_t* sums = moment_parts.data() + b * 5;
+    for_segments(c, C, L.HW, m0, std::min(L.M, m0 + kBlock), [&](int64_t off, int64_t len) {
+      moments(load_as_acc(L.s + off, len, buf.s.data()), load_as_acc(L.t + off, len, buf.t.data()),
+              len, ks, kt, sums);
+    });
+  };
+  auto channel_stats = [&](int64_t c) {
+    acc_t sum[5] = {0, 0, 0, 0, 0};
+    for (int64_t k = 0; k < bpc; ++k) {
+      for (int q = 0; q < 5; ++q) sum[q] += moment_parts[(c * bpc + k) * 5 + q];
     }
-  });
-  std::vector<acc_t> losses(L.C, acc_t(0));
-  for (int64_t c = 0; c < L.C; ++c) {
-    for (int64_t k = 0; k < bpc; ++k) losses[c] += partials[c * bpc + k];
+    stats[c] = pearson_stats<acc_t>(static_cast<acc_t>(L.s[c * L.HW]),
+                                    static_cast<acc_t>(L.t[c * L.HW]), sum[0], sum[1], sum[2],
+                                    sum[3], sum[4], static_cast<acc_t>(L.M),
+                                    static_cast<acc_t>(kPearsonEps));
+  };
+  auto pass2_block = [&](int64_t b, Buffers& buf) {
+    const int64_t c = b / bpc, m0 = (b % bpc) * kBlock;
+    const PearsonStats<acc_t>& st = stats[c];
+    const acc_t ga = static_cast<acc_t>(scale * static_cast<double>(st.a));
+    acc_t part = 0;
+    for_segments(c, C, L.HW, m0, std::min(L.M, m0 + kBlock), [&](int64_t off, int64_t len) {
+      acc_t* g = kGrad ? acc_out(grad + off, buf.g.data()) : nullptr;
+      part += pass2<acc_t, kGrad>(load_as_acc(L.s + off, len, buf.s.data()),
+                                  load_as_acc(L.t + off, len, buf.t.data()), len, st, ga, g);
+      if constexpr (kGrad) store_from_acc(g, len, grad + off);
+    });
+    square_parts[b] = part;
+  };
+
+  if (C >= 4 * static_cast<int64_t>(at::get_num_threads())) {
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      Buffers buf;
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t k = 0; k < bpc; ++k) moments_block(c * bpc + k, buf);
+        channel_stats(c);
+        for (int64_t k = 0; k < bpc; ++k) pass2_block(c * bpc + k, buf);
+      }
+    });
+  } else {
+    at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
+      Buffers buf;
+      for (int64_t b = b0; b < b1; ++b) moments_block(b, buf);
+    });
+    for (int64_t c = 0; c < C; ++c) channel_stats(c);  // C·(blocks per channel) additions
+    at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
+      Buffers buf;
+      for (int64_t b = b0; b < b1; ++b) pass2_block(b, buf);
+    });
+  }
+  std::vector<acc_t> losses(C, acc_t(0));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = 0; k < bpc; ++k) losses[c] += square_parts[c * bpc + k];
   }
   return losses;
 }
+
 
 std::tuple<at::Tensor, at::Tensor> pearson_feature_loss_cpu(const at::Tensor& student,
                                                             const at::Tensor& teacher,
@@ -212,10 +226,9 @@ std::tuple<at::Tensor, at::Tensor> pearson_feature_loss_cpu(const at::Tensor& st
         using acc_t = at::opmath_type<scalar_t>;
         const Layout<scalar_t> L{s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), C, HW, M,
                                  (M + kBlock - 1) / kBlock};
-        const auto stats = channel_stats(L);
         const auto losses =
-            compute_grad ? channel_losses<scalar_t, true>(L, stats, scale, grad.data_ptr<scalar_t>())
-                         : channel_losses<scalar_t, false>(L, stats, scale, nullptr);
+            compute_grad ? pearson_passes<scalar_t, true>(L, scale, grad.data_ptr<scalar_t>())
+                         : pearson_passes<scalar_t, false>(L, scale, nullptr);
         if (red == kNone) {
           scalar_t* o = out.data_ptr<scalar_t>();
           for (int64_t c = 0; c < C; ++c) {
