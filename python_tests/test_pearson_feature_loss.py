@@ -454,6 +454,15 @@ def test_triton_autotune_benchmark_then_winner(backend, pkd_triton):
 
 
 @pytest.mark.parametrize("backend", TRITON, indirect=True)
+def test_triton_int64_value_index(backend, monkeypatch):
+    """The plane index of channels of 2³¹ values or more, in int64 (forced on a small shape)."""
+    module = importlib.import_module("kdkernels.triton.pearson_feature_loss")
+    monkeypatch.setattr(module, "INDEX32_LIMIT", 0)
+    for reduction in REDUCTIONS:
+        check(backend, *make((300, 2, 3, 5), torch.float32), reduction)
+
+
+@pytest.mark.parametrize("backend", TRITON, indirect=True)
 def test_triton_schema_and_opcheck(backend):
     importlib.import_module("kdkernels.triton")
     op = torch.ops.kdkernels_triton.pearson_feature_loss.default
@@ -552,14 +561,14 @@ for dt, tiles in (("fp32", PK.GPU_TILES), ("bf16", PK.GPU_TILES[:1]), ("fp64", P
     ACC = tl.float64 if dt == "fp64" else tl.float32
     ints = dict(HW="i32", M="i64", stride_sn="i64", stride_sc="i32", stride_tn="i64", stride_tc="i32",
                 num_parts="i32")
-    for tile, warps in tiles:
+    for (tile, warps), index32 in zip(tiles, (True, False, True)):
         build(PK._moments_kernel, dict(s_ptr="*" + dt, t_ptr="*" + dt, partial_ptr="*" + acc, **ints),
-              dict(ACC=ACC, PART=part, TILE=tile), warps)
+              dict(ACC=ACC, INDEX32=index32, PART=part, TILE=tile), warps)
         for grad in (True, False):
             build(PK._pass2_kernel, dict(s_ptr="*" + dt, t_ptr="*" + dt, stats_ptr="*" + acc,
                                          grad_ptr="*" + (dt if grad else acc), partial_ptr="*" + acc,
                                          C="i32", **ints),
-                  dict(WRITE_GRAD=grad, ACC=ACC, PART=part, TILE=tile), warps)
+                  dict(WRITE_GRAD=grad, ACC=ACC, INDEX32=index32 or not grad, PART=part, TILE=tile), warps)
 print("ok")
 """
 

@@ -30,6 +30,8 @@ OP = "kdkernels.pearson_feature_loss"
 EPS = 1e-6  # MMRazor's PKDLoss: (x − mean) / (std + 1e-6)
 # (TILE, num_warps) on a GPU: TILE values of one channel per program (5 running sums in pass 1).
 GPU_TILES = ((1024, 4), (2048, 4), (4096, 8))
+# Channels with fewer values index them in int32 (tests lower it to run the int64 path).
+INDEX32_LIMIT = 2**31
 
 
 def gpu_configs() -> list:
@@ -44,12 +46,20 @@ def _configs() -> list:
 
 @triton.jit
 def _channel_values(s_ptr, t_ptr, c, pid, HW, M, stride_sn, stride_sc, stride_tn, stride_tc,
-                    ACC: tl.constexpr, TILE: tl.constexpr):
-    """Values pid·TILE … of channel c (0 past M): (in_range, n, j, s, t), s and t in ACC."""
+                    ACC: tl.constexpr, INDEX32: tl.constexpr, TILE: tl.constexpr):
+    """Values pid·TILE … of channel c (0 past M): (in_range, n, j, s, t), s and t in ACC.
+    INDEX32 (M < 2³¹): the plane index n = m // HW in int32 division (int64 division is several
+    times slower on GPUs); the offsets are int64 either way."""
     m = pid * TILE + tl.arange(0, TILE)  # int64 (pid is)
     valid = m < M
-    n = m // HW
-    j = m - n * HW
+    if INDEX32:
+        m32 = tl.where(valid, m, 0).to(tl.int32)
+        n32 = m32 // HW
+        n = n32.to(tl.int64)
+        j = (m32 - n32 * HW).to(tl.int64)
+    else:
+        n = m // HW
+        j = m - n * HW
     s = tl.load(s_ptr + n * stride_sn + c * stride_sc + j, mask=valid, other=0.0).to(ACC)
     t = tl.load(t_ptr + n * stride_tn + c * stride_tc + j, mask=valid, other=0.0).to(ACC)
     return valid, n, j, s, t
@@ -59,12 +69,12 @@ def _channel_values(s_ptr, t_ptr, c, pid, HW, M, stride_sn, stride_sc, stride_tn
 @triton.jit
 def _moments_kernel(
     s_ptr, t_ptr, partial_ptr, HW, M, stride_sn, stride_sc, stride_tn, stride_tc, num_parts,
-    ACC: tl.constexpr, PART: tl.constexpr, TILE: tl.constexpr,
+    ACC: tl.constexpr, INDEX32: tl.constexpr, PART: tl.constexpr, TILE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
     valid, n, j, s, t = _channel_values(s_ptr, t_ptr, c, pid, HW, M, stride_sn, stride_sc,
-                                        stride_tn, stride_tc, ACC, TILE)
+                                        stride_tn, stride_tc, ACC, INDEX32, TILE)
     ks = tl.load(s_ptr + c * stride_sc).to(ACC)  # the shifts: value 0 of the channel
     kt = tl.load(t_ptr + c * stride_tc).to(ACC)
     u = tl.where(valid, s - ks, 0.0)
@@ -82,12 +92,13 @@ def _moments_kernel(
 def _pass2_kernel(
     s_ptr, t_ptr, stats_ptr, grad_ptr, partial_ptr, C, HW, M, stride_sn, stride_sc, stride_tn,
     stride_tc, num_parts,
-    WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, PART: tl.constexpr, TILE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, INDEX32: tl.constexpr, PART: tl.constexpr,
+    TILE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
     valid, n, j, s, t = _channel_values(s_ptr, t_ptr, c, pid, HW, M, stride_sn, stride_sc,
-                                        stride_tn, stride_tc, ACC, TILE)
+                                        stride_tn, stride_tc, ACC, INDEX32, TILE)
     st = stats_ptr + c * 8  # (K_s, K_t, ū, v̄, a, b, p, scale·a) of channel c
     ds = (s - tl.load(st).to(ACC)) - tl.load(st + 2).to(ACC)
     dt = (t - tl.load(st + 1).to(ACC)) - tl.load(st + 3).to(ACC)
@@ -150,6 +161,7 @@ def pearson_feature_loss(student, teacher, reduction, compute_grad):
     moments = _common.empty((C, 5, num_parts), acc, s.device)
     sq = _common.empty((C, num_parts), acc, s.device)
     launch = C > 0 and not _common.skip_launch(s)
+    index32 = M < INDEX32_LIMIT  # the channel's value index m (< M where loaded) fits in int32
 
     def grid(meta):
         return (triton.cdiv(M, meta["TILE"]), C)
@@ -158,13 +170,14 @@ def pearson_feature_loss(student, teacher, reduction, compute_grad):
         with _common.device_guard(s.device):
             wrap_triton(_moments_kernel)[grid](
                 s, t, moments, HW, M, s.stride(0), s.stride(1), t.stride(0), t.stride(1),
-                num_parts, ACC=tl_acc, PART=part)
+                num_parts, ACC=tl_acc, INDEX32=index32, PART=part)
     stats = channel_stats(moments.sum(-1), s[0, :, 0, 0].to(acc), t[0, :, 0, 0].to(acc), M, scale)
     if launch:
         with _common.device_guard(s.device):
             wrap_triton(_pass2_kernel)[grid](
                 s, t, stats, grad if compute_grad else sq, sq, C, HW, M, s.stride(0), s.stride(1),
-                t.stride(0), t.stride(1), num_parts, WRITE_GRAD=compute_grad, ACC=tl_acc, PART=part)
+                t.stride(0), t.stride(1), num_parts, WRITE_GRAD=compute_grad, ACC=tl_acc,
+                INDEX32=index32, PART=part)
     losses = sq.sum(-1)  # (C,): Σ d² per channel
     if reduction == "none":
         return (losses / (2 * M)).to(s.dtype).reshape(1, C, 1, 1), grad
