@@ -403,3 +403,27 @@ def test_fgd_trains_its_gcblocks_and_resume_restores_them(base, monkeypatch):
     assert a.keys() == b.keys() and any(k.startswith("peer.teacher.4.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_thesis_runs_keep_their_config_hash_and_old_checkpoints_resume():
+    """The peer keys do not change a thesis run: its config hash is the one from before they existed
+    (stored efficacy results stay valid) and a checkpoint without them resumes."""
+    import hashlib
+    from kdkernels.train.cli import config_hash
+    from kdkernels.train.config import PEER_KEYS
+    cfg = load_config(None, ["distill.teacher_checkpoint=/nonexistent/model.pt"])
+    d = cfg.to_dict()
+    d.pop("eval")
+    for k in ("num_threads", "log_every", "ckpt_every"):
+        d["train"].pop(k)
+    for k in PEER_KEYS:
+        d["distill"].pop(k)
+    d["mode"], d["teacher_stamp"] = "distill", None
+    assert config_hash(cfg, "distill") == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    peer = load_config(None, ["distill.teacher_checkpoint=/nonexistent/model.pt", "distill.method=fgd"])
+    assert config_hash(peer, "distill") != config_hash(cfg, "distill")
+    old = cfg.to_dict()
+    for k in PEER_KEYS:
+        old["distill"].pop(k)
+    assert trainer.resume_differences({"config": old, "mode": "distill"}, cfg, "distill") == []
+    assert "distill.method" in trainer.resume_differences({"config": old, "mode": "distill"}, peer, "distill")

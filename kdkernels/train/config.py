@@ -154,6 +154,10 @@ CHOICES = {
     "distill.adl_variant": ("paper", "code"),
     "distill.method": ("thesis", "cwd", "pkd", "fgd", "fgd_conf"),
 }
+# The peer-preset keys (added after the thesis's): they do not change a thesis run, so a thesis run's
+# config hash leaves them out and a checkpoint written before they existed reads them at their defaults.
+PEER_KEYS = ("method", "method_weight", "peer_thesis_terms", "cwd_tau", "cwd_weight", "pkd_weight", "fgd_temp",
+             "fgd_alpha", "fgd_beta", "fgd_gamma", "fgd_lambda")
 # list keys whose items must be one of these (each at most once)
 ITEM_CHOICES = {
     "distill.peer_thesis_terms": ("kl", "unlabeled", "feat", "loc"),

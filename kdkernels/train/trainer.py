@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_text, load_latest, load_verified,  # noqa: F401
                          previous_path, save_checkpoint, save_verified)
-from .config import Config
+from .config import PEER_KEYS, Config, DistillConfig
 from .data import CocoDetection, ImageFolder, check_same_categories
 from .distill import FeatureAdapter, distill_losses, needs_adapted_features
 from .peers import build_peer_modules
@@ -271,6 +271,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def resume_differences(state: dict, cfg: Config, mode: str, teacher_id=None) -> list:
     """The config keys (and 'teacher') in which a checkpoint differs from this run; [] if it can resume."""
     have, want = _flatten(state.get("config", {})), _flatten(cfg.to_dict())
+    if "distill.temperature" in have and "distill.method" not in have:
+        # written before the peer presets existed: the thesis method, the peer keys at their defaults
+        defaults = DistillConfig()
+        have.update({f"distill.{k}": getattr(defaults, k) for k in PEER_KEYS})
     skip = RESUME_FREE | {k for k in want if k.startswith("eval.")}
     if mode != "distill":
         skip |= {k for k in want if k.startswith("distill.")}
