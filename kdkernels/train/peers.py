@@ -82,11 +82,8 @@ def pad_boxes(targets, device=None):
     """Per-image (B_i, 4) boxes → (N, B_max, 4) float32 boxes (zero padding) and an (N, B_max) valid mask."""
     boxes = [t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4) for t in targets]
     counts = torch.tensor([len(b) for b in boxes], device=device)
-    b_max = int(counts.max()) if len(boxes) else 0
-    padded = torch.zeros(len(boxes), b_max, 4, device=device)
-    for i, b in enumerate(boxes):  # one copy per image, not per box
-        padded[i, :len(b)] = b
-    valid = torch.arange(b_max, device=device)[None, :] < counts[:, None]
+    padded = nn.utils.rnn.pad_sequence(boxes, batch_first=True)
+    valid = torch.arange(padded.shape[1], device=device)[None, :] < counts[:, None]
     return padded, valid
 
 
