@@ -91,6 +91,7 @@ class Case:
     sizes: tuple[Size, ...]
     kind: str                  # "features" (N, C, H, W) + confidence (N, H, W) | "logits" (R, K) + weight (R,)
                                # | "feature_pair" (N, C, H, W) only | "labels" (R, K) + labels (R,)
+                               # | "separable" (N, C, H, W) + spatial (N, H, W) and channel (N, C) weights
     description: str = ""
     _compiled: Callable | None = field(default=None, repr=False)
 
@@ -116,6 +117,16 @@ class Case:
             labels = torch.randint(0, k, (rows,), generator=gen, device=device)
             return Inputs(randn(size.shape, 2.0).requires_grad_(), randn(size.shape, 2.0), (labels,),
                           dict(self.kwargs))
+        if self.kind == "separable":
+            n, c, h, w = size.shape
+            student = randn(size.shape).requires_grad_()
+            teacher = randn(size.shape)
+            # FGD-like: a spatial map that is 0 on half of the pixels (a foreground mask times an
+            # attention), a channel attention C·softmax (mean 1)
+            spatial = torch.rand((n, h, w), generator=gen, device=device)
+            spatial = torch.where(spatial < 0.5, 0.0, 2.0 * spatial).to(dtype)
+            channel = (c * torch.softmax(torch.randn((n, c), generator=gen, device=device), dim=1)).to(dtype)
+            return Inputs(student, teacher, (spatial, channel), dict(self.kwargs))
         if self.kind == "logits":
             student = randn(size.shape, 2.0).requires_grad_()
             teacher = randn(size.shape, 2.0)
@@ -220,6 +231,8 @@ CASES: tuple[Case, ...] = (
     Case("confidence_masked_mse", "confidence_masked_mse", dict(threshold=0.5, reduction="mean"),
          _FEATURE_SIZES, "features",
          "FPN feature imitation, mask = confidence ≥ 0.5 (confidence uniform in [0, 1])"),
+    Case("separable_weighted_mse", "separable_weighted_mse", dict(reduction="sum"), _FEATURE_SIZES,
+         "separable", "FGD's focal feature term: spatial weight (0 on half of the pixels) × channel weight"),
     Case("soft_label_kl[sigmoid]", "soft_label_kl", dict(mode="sigmoid"), _LOGIT_SIZES, "logits",
          "per-class binary KL, weight = teacher confidence"),
     Case("soft_label_kl[softmax]", "soft_label_kl", dict(mode="softmax"), _LOGIT_SIZES, "logits",
