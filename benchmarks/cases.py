@@ -90,7 +90,8 @@ class Case:
     kwargs: dict               # fixed keyword arguments of the op
     sizes: tuple[Size, ...]
     kind: str                  # "features" (N, C, H, W) + confidence (N, H, W) | "logits" (R, K) + weight (R,)
-                               # | "feature_pair" (N, C, H, W) alone
+                               # | "feature_pair" (N, C, H, W) only | "labels" (R, K) + labels (R,)
+                               # | "separable" (N, C, H, W) + spatial (N, H, W) and channel (N, C) weights
     description: str = ""
     _compiled: Callable | None = field(default=None, repr=False)
 
@@ -109,8 +110,23 @@ class Case:
             # uniform in [0, 1]: with threshold 0.5 half of the pixels are imitated
             confidence = torch.rand((n, h, w), generator=gen, device=device).to(dtype)
             return Inputs(student, teacher, (confidence,), dict(self.kwargs))
-        if self.kind == "feature_pair":  # (N, C, H, W) student and teacher only
+        if self.kind == "feature_pair":
             return Inputs(randn(size.shape).requires_grad_(), randn(size.shape), (), dict(self.kwargs))
+        if self.kind == "labels":
+            rows, k = size.shape
+            labels = torch.randint(0, k, (rows,), generator=gen, device=device)
+            return Inputs(randn(size.shape, 2.0).requires_grad_(), randn(size.shape, 2.0), (labels,),
+                          dict(self.kwargs))
+        if self.kind == "separable":
+            n, c, h, w = size.shape
+            student = randn(size.shape).requires_grad_()
+            teacher = randn(size.shape)
+            # FGD-like: a spatial map that is 0 on half of the pixels (a foreground mask times an
+            # attention), a channel attention C·softmax (mean 1)
+            spatial = torch.rand((n, h, w), generator=gen, device=device)
+            spatial = torch.where(spatial < 0.5, 0.0, 2.0 * spatial).to(dtype)
+            channel = (c * torch.softmax(torch.randn((n, c), generator=gen, device=device), dim=1)).to(dtype)
+            return Inputs(student, teacher, (spatial, channel), dict(self.kwargs))
         if self.kind == "logits":
             student = randn(size.shape, 2.0).requires_grad_()
             teacher = randn(size.shape, 2.0)
@@ -205,11 +221,23 @@ _PKD_SIZES = (
     Size("(8,256,40,40)", (8, 256, 40, 40), realistic=True),
     Size("(16,256,80,80)", (16, 256, 80, 80), realistic=True),
 )
+_BIN_SIZES = (  # LD rows: anchors × 4 box sides, K = reg_max + 1 (or reg_max = 16 bins in YOLOv8/11)
+    Size("(4096,17)", (4096, 17), quick=True),
+    Size("(65536,17)", (65536, 17)),
+    Size("YOLO11 b16 640px (537600,16)", (537600, 16), realistic=True),
+)
+_CLASS_SIZES = (  # DKD rows: images (classification) or anchors (detection) × classes
+    Size("(256,100)", (256, 100), quick=True),
+    Size("ImageNet b256 (256,1000)", (256, 1000)),
+    Size("(100000,80)", (100000, 80), realistic=True),
+)
 
 CASES: tuple[Case, ...] = (
     Case("confidence_masked_mse", "confidence_masked_mse", dict(threshold=0.5, reduction="mean"),
          _FEATURE_SIZES, "features",
          "FPN feature imitation, mask = confidence ≥ 0.5 (confidence uniform in [0, 1])"),
+    Case("separable_weighted_mse", "separable_weighted_mse", dict(reduction="sum"), _FEATURE_SIZES,
+         "separable", "FGD's focal feature term: spatial weight (0 on half of the pixels) × channel weight"),
     Case("soft_label_kl[sigmoid]", "soft_label_kl", dict(mode="sigmoid"), _LOGIT_SIZES, "logits",
          "per-class binary KL, weight = teacher confidence"),
     Case("soft_label_kl[softmax]", "soft_label_kl", dict(mode="softmax"), _LOGIT_SIZES, "logits",
@@ -218,6 +246,12 @@ CASES: tuple[Case, ...] = (
          _LOGIT_SIZES, "logits", "ADL (β = 1, γ = 2), weight = teacher confidence"),
     Case("adaptive_distillation_loss[softmax]", "adaptive_distillation_loss", dict(mode="softmax"),
          _LOGIT_SIZES, "logits", "softmax ADL (β = 1, γ = 2), weight = teacher confidence"),
+    Case("channel_wise_divergence", "channel_wise_divergence", dict(temperature=4.0), _FEATURE_SIZES,
+         "feature_pair", "CWD: softmax over H·W per channel, T = 4 (soft_label_kl kernel)"),
+    Case("localization_distillation", "localization_distillation", dict(temperature=10.0), _BIN_SIZES,
+         "logits", "LD: box-edge bin KL, T = 10, mean over bins, weight = teacher confidence"),
+    Case("decoupled_kd", "decoupled_kd", dict(alpha=1.0, beta=8.0, temperature=4.0), _CLASS_SIZES,
+         "labels", "DKD: α = 1, β = 8, T = 4 (NCKD on the soft_label_kl kernel)"),
     Case("pearson_feature_loss", "pearson_feature_loss", dict(reduction="mean"), _PKD_SIZES, "feature_pair",
          "PKD: per-channel standardised features, MSE / 2 (MMRazor PKDLoss)"),
 )

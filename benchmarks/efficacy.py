@@ -16,6 +16,19 @@ A preset (YAML) holds ``trainer`` (config file or preset name of kdkernels-train
 overrides for every run), ``teacher_set`` / ``student_set`` (overrides for those runs), ``seeds``,
 ``settings`` (name → extra overrides, e.g. the label-scarce data) and ``rows`` (name, setting, mode
 teacher|baseline|distill, overrides, a one-line description).
+
+Peer presets (``distill.method`` cwd | pkd | fgd | fgd_conf, kdkernels/train/peers.py): a row that sets
+a peer method and no ``distill.method_weight`` gets the preset's ``peer_scales[method]`` (default 1 =
+the published weights). ``vars`` names placeholders: a row value ``${name}`` is replaced by
+``vars[name]`` (``--var name=value`` overrides it), e.g. the method of the "best label-free peer +
+unlabeled images" row. ``tune`` (seed, scales, methods, setting) defines the weight-tuning sweep
+``tune_<method>_x<scale>`` on its own seed, run with ``--tune``:
+
+    python -m benchmarks.efficacy --tune                # the sweep (seed 100, 0.25/1/4 × published)
+    python -m benchmarks.efficacy --var best_label_free_peer=pkd --rows peer_unlabeled
+
+The markdown then reports the AP of every scale, the chosen one (best AP on the tuning seed) and the
+scale the preset's ``peer_scales`` uses, plus the head-to-head of the thesis rows against the peers.
 """
 from __future__ import annotations
 
@@ -23,6 +36,7 @@ import argparse
 import datetime as _dt
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -32,6 +46,8 @@ import yaml
 
 PRESET_DIR = Path(__file__).parent / "efficacy"
 METRICS = ("AP", "AP50", "AP75")
+PEER_METHODS = ("cwd", "pkd", "fgd", "fgd_conf")
+_VAR = re.compile(r"\$\{(\w+)\}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,8 +77,55 @@ def load_preset(name_or_path: str) -> dict:
     keys = [(r["setting"], r["name"]) for r in preset["rows"]]
     if len(set(keys)) != len(keys):
         raise SystemExit(f"efficacy: preset {path} repeats a (setting, row name)")
+    preset.setdefault("vars", {})
+    preset.setdefault("peer_scales", {})
+    preset["tune_rows"] = tune_rows(preset)
+    if preset["tune_rows"] and preset["tune"].get("setting", "full") not in settings:
+        raise SystemExit(f"efficacy: tune.setting {preset['tune']['setting']!r} is not a setting")
     preset["_path"] = str(path)
     return preset
+
+
+def _scale_text(scale) -> str:
+    return f"{float(scale):g}"
+
+
+def tune_rows(preset: dict) -> list:
+    """The weight-tuning rows ``tune_<method>_x<scale>`` (method_weight = scale) on the tune seed."""
+    tune = preset.get("tune")
+    if not tune:
+        return []
+    methods = tune.get("methods", list(PEER_METHODS))
+    unknown = [m for m in methods if m not in PEER_METHODS]
+    if unknown or not tune.get("scales"):
+        raise SystemExit(f"efficacy: tune needs scales and methods from {', '.join(PEER_METHODS)} (got {unknown})")
+    return [{"name": f"tune_{m}_x{_scale_text(sc)}", "setting": tune.get("setting", "full"), "mode": "distill",
+             "seeds": [tune.get("seed", 100)], "tune": (m, float(sc)),
+             "description": f"tuning: {m} with {_scale_text(sc)} × its published weights",
+             "set": {"distill.method": m, "distill.method_weight": float(sc), **(tune.get("set") or {})}}
+            for m in methods for sc in tune["scales"]]
+
+
+def _substitute(value, variables: dict, where: str):
+    """``${name}`` → variables[name] (SystemExit naming the row for an unknown name)."""
+    if isinstance(value, str):
+        m = _VAR.fullmatch(value.strip())
+        if m:
+            if m.group(1) not in variables:
+                raise SystemExit(f"efficacy: {where} uses ${{{m.group(1)}}}, which the preset's vars do not define")
+            return variables[m.group(1)]
+    return value
+
+
+def row_overrides(preset: dict, row: dict) -> dict:
+    """A row's overrides with the ``${var}`` placeholders filled in and, for a peer method without an
+    explicit method_weight, the preset's ``peer_scales[method]``."""
+    where = f"row {row['setting']}/{row['name']}"
+    out = {k: _substitute(v, preset.get("vars") or {}, where) for k, v in (row.get("set") or {}).items()}
+    method = out.get("distill.method")
+    if method in PEER_METHODS and "distill.method_weight" not in out:
+        out["distill.method_weight"] = float((preset.get("peer_scales") or {}).get(method, 1.0))
+    return out
 
 
 def _overrides(*dicts) -> list:
@@ -98,7 +161,7 @@ def row_config(preset: dict, row: dict, seed: int):
         t = teacher_config(preset, row["setting"])
         extra["distill.teacher_checkpoint"] = str(Path(t.out_dir) / "teacher" / "model.pt")
     return load_config(preset.get("trainer"), _overrides(preset.get("set"), s.get("set"), preset.get("student_set"),
-                                                         row["set"], extra))
+                                                         row_overrides(preset, row), extra))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,10 +194,11 @@ def _wanted(row: dict, rows_wanted) -> bool:
     return not rows_wanted or row["name"] in rows_wanted or f"{row['setting']}/{row['name']}" in rows_wanted
 
 
-def plan(preset: dict, rows_wanted=None, seeds=None) -> list:
-    """[(label, setting, row or None, seed, mode)], teachers first."""
-    rows = [r for r in preset["rows"] if _wanted(r, rows_wanted)]
-    seeds = seeds if seeds is not None else preset["seeds"]
+def plan(preset: dict, rows_wanted=None, seeds=None, *, tune: bool = False) -> list:
+    """[(label, setting, row or None, seed, mode)], teachers first. tune: the weight-tuning rows
+    (each on its own seeds unless `seeds` is given) instead of the study's rows."""
+    all_rows = preset["tune_rows"] if tune else preset["rows"]
+    rows = [r for r in all_rows if _wanted(r, rows_wanted)]
     jobs, teachers = [], []
     for r in rows:
         if r["mode"] == "teacher":
@@ -150,16 +214,16 @@ def plan(preset: dict, rows_wanted=None, seeds=None) -> list:
     for r in rows:
         if r["mode"] == "teacher":
             continue
-        for seed in seeds:
+        for seed in (seeds if seeds is not None else r.get("seeds", preset["seeds"])):
             jobs.append((r["name"], r["setting"], r, seed, r["mode"]))
     return jobs
 
 
-def run_study(preset: dict, rows_wanted=None, seeds=None, command: str | None = None) -> dict:
+def run_study(preset: dict, rows_wanted=None, seeds=None, command: str | None = None, tune: bool = False) -> dict:
     """Runs (or finds finished) every planned job; raw.json keeps all results and, under
     ``_commands``, every command whose runs are in it, in the order they were run."""
     from tqdm import tqdm
-    jobs = plan(preset, rows_wanted, seeds)
+    jobs = plan(preset, rows_wanted, seeds, tune=tune)
     out = Path(preset["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     raw_file = out / "raw.json"
@@ -188,7 +252,7 @@ def summarize(raw: dict, preset: dict) -> list:
     out = []
     order = [("teacher", s) for s in preset["settings"]] + [(r["name"], r["setting"]) for r in preset["rows"]
                                                             if r["mode"] != "teacher"]
-    desc = {(r["setting"], r["name"]): r.get("description", "") for r in preset["rows"]}
+    desc = {(r["setting"], r["name"]): fill_text(r.get("description", ""), preset) for r in preset["rows"]}
     for name, setting in order:
         runs = raw.get(setting, {}).get(name)
         if not runs:
@@ -259,6 +323,85 @@ def claims(rows: list) -> list:
     return out
 
 
+def fill_text(text: str, preset: dict) -> str:
+    """A description with its ``${var}`` placeholders filled in (unknown names left as they are)."""
+    variables = preset.get("vars") or {}
+    return _VAR.sub(lambda m: str(variables.get(m.group(1), m.group(0))), text)
+
+
+# (setting, the thesis row, the peer rows it is compared with on the same schedule)
+HEAD_TO_HEAD = (
+    ("full", "conf_kd", ("cwd", "pkd", "fgd", "fgd_conf")),
+    ("full", "unlabeled_adl", ("peer_unlabeled",)),
+    ("scarce", "unlabeled_adl", ("fgd", "fgd_conf")),
+)
+
+
+def head_to_head(rows: list) -> list:
+    """(setting, thesis row, peer row, thesis AP, peer AP, Δ = thesis − peer, spread = the larger
+    std, verdict) for every pair of HEAD_TO_HEAD present in rows."""
+    by = {(r["setting"], r["name"]): r for r in rows}
+    out = []
+    for setting, thesis, peer_rows in HEAD_TO_HEAD:
+        a = by.get((setting, thesis))
+        for name in peer_rows:
+            b = by.get((setting, name))
+            if a is None or b is None:
+                continue
+            delta, spread = a["AP"] - b["AP"], max(a["AP_std"], b["AP_std"])
+            verdict = ("thesis wins" if delta > spread else "**peer wins**" if delta < -spread
+                       else "within the spread")
+            out.append((setting, thesis, name, a["AP"], b["AP"], delta, spread, verdict))
+    return out
+
+
+def tuning(raw: dict, preset: dict) -> list:
+    """Per tuned method: {method, scales: {scale: mean AP}, chosen, preset}; chosen = the scale with
+    the best AP on the tuning seed(s) (a tie goes to the scale nearest the published weights)."""
+    import math
+    by_method: dict = {}
+    for r in preset.get("tune_rows", []):
+        runs = raw.get(r["setting"], {}).get(r["name"])
+        if not runs:
+            continue
+        method, scale = r["tune"]
+        by_method.setdefault(method, {})[scale] = statistics.fmean(x["metrics"]["AP"] for x in runs.values())
+    out = []
+    for method, scales in by_method.items():
+        chosen = max(scales, key=lambda sc: (scales[sc], -abs(math.log(sc)) if sc > 0 else -math.inf))
+        out.append({"method": method, "scales": dict(sorted(scales.items())), "chosen": chosen,
+                    "preset": float((preset.get("peer_scales") or {}).get(method, 1.0))})
+    return out
+
+
+def _peer_sections(rows: list, raw: dict, preset: dict) -> list:
+    lines = []
+    pairs = head_to_head(rows)
+    if pairs:
+        lines += ["", "## Head to head: the thesis's method against the peers", "",
+                  "Same student, schedule, data and seeds per pair; Δ = thesis − peer AP, spread = the larger of the "
+                  "two rows' std over seeds.", "",
+                  "| setting | thesis row | peer row | thesis AP | peer AP | Δ AP | spread | verdict |",
+                  "|---|---|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {st} | {a} | {b} | {x:.1f} | {y:.1f} | {d:+.1f} | {sp:.1f} | {v} |"
+                  for st, a, b, x, y, d, sp, v in pairs]
+    tuned = tuning(raw, preset)
+    if tuned:
+        tune = preset.get("tune") or {}
+        scales = sorted({sc for t in tuned for sc in t["scales"]})
+        lines += ["", f"## Peer weight tuning (seed {tune.get('seed', 100)}, setting {tune.get('setting', 'full')})", "",
+                  "COCO AP of each peer with its published weights × `distill.method_weight` on a seed that no row of "
+                  "the study uses; chosen = the best scale. The study's rows use the preset's `peer_scales`.", "",
+                  "| method | " + " | ".join(f"× {_scale_text(sc)}" for sc in scales) + " | chosen | peer_scales |",
+                  "|---|" + "---:|" * len(scales) + "---:|---:|"]
+        for t in tuned:
+            cells = [f"{t['scales'][sc]:.1f}" if sc in t["scales"] else "—" for sc in scales]
+            flag = "" if t["preset"] == t["chosen"] else " (differs)"
+            lines.append(f"| {t['method']} | " + " | ".join(cells)
+                         + f" | × {_scale_text(t['chosen'])} | × {_scale_text(t['preset'])}{flag} |")
+    return lines
+
+
 def render(raw: dict, preset: dict, markdown: Path, plot: Path, commands: list) -> str:
     rows = summarize(raw, preset)
     lines = ["# Efficacy study: confidence-based distillation on the synthetic detection benchmark", "",
@@ -281,6 +424,7 @@ def render(raw: dict, preset: dict, markdown: Path, plot: Path, commands: list) 
         lines += ["", "## The thesis's claims, measured", "", "| claim | measured | holds |", "|---|---|---|"]
         for text, val, ok in cl:
             lines.append(f"| {text} | {val} | {'yes' if ok else '**no**'} |")
+    lines += _peer_sections(rows, raw, preset)
     lines += ["", f"![AP per row]({plot.name})", "", "## Commands", ""] + [f"    {c}" for c in commands]
     if preset.get("notes"):
         lines += ["", "## Notes", "", preset["notes"].strip()]
@@ -321,17 +465,30 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", default="benchmarks/EFFICACY.md")
     p.add_argument("--render", action="store_true", help="only rebuild the tables from the stored results")
     p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
+    p.add_argument("--tune", action="store_true",
+                   help="run the peer weight-tuning rows (the preset's tune section) instead of the study's")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a preset placeholder ${NAME} (e.g. best_label_free_peer=pkd); repeatable")
     args = p.parse_args(argv)
     preset = load_preset(args.preset)
+    for text in args.var:
+        if "=" not in text:
+            raise SystemExit(f"efficacy: --var must look like NAME=VALUE, got {text!r}")
+        name, value = text.split("=", 1)
+        preset["vars"][name.strip()] = yaml.safe_load(value)
+    if args.tune and not preset["tune_rows"]:
+        raise SystemExit(f"efficacy: preset {preset['_path']} has no tune section")
     rows_wanted = set(args.rows.split(",")) if args.rows else None
     if rows_wanted:
-        known = {r["name"] for r in preset["rows"]} | {f"{r['setting']}/{r['name']}" for r in preset["rows"]}
+        listed = preset["tune_rows"] if args.tune else preset["rows"]
+        known = {r["name"] for r in listed} | {f"{r['setting']}/{r['name']}" for r in listed}
         unknown = rows_wanted - known
         if unknown:
             raise SystemExit(f"efficacy: unknown rows {sorted(unknown)}")
     if args.dry_run:
-        for label, setting, _, seed, mode in plan(preset, rows_wanted, args.seeds):
-            print(f"{setting:8s} {label:20s} seed {seed} ({mode})")
+        for label, setting, row, seed, mode in plan(preset, rows_wanted, args.seeds, tune=args.tune):
+            method = "" if row is None else row_overrides(preset, row).get("distill.method", "")
+            print(f"{setting:8s} {label:20s} seed {seed} ({mode}{', ' + method if method else ''})")
         return 0
     raw_file = Path(preset["out_dir"]) / "raw.json"
     args_used = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render"]
@@ -341,7 +498,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"efficacy: no results in {raw_file} yet")
         raw = json.loads(raw_file.read_text())
     else:
-        raw = run_study(preset, rows_wanted, args.seeds, command=cmd)
+        raw = run_study(preset, rows_wanted, args.seeds, command=cmd, tune=args.tune)
     markdown = Path(args.markdown)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     plot = markdown.with_suffix(".png")

@@ -18,8 +18,8 @@ int compiled_cuda_version();
 
 TORCH_LIBRARY(kdkernels, m) {
   m.def(
-      "confidence_masked_mse(Tensor student, Tensor teacher, Tensor confidence, float threshold, "
-      "float power, str reduction, float eps, bool compute_grad) -> (Tensor, Tensor)");
+      "separable_weighted_mse(Tensor student, Tensor teacher, Tensor spatial_weight, "
+      "Tensor? channel_weight, str reduction, float eps, bool compute_grad) -> (Tensor, Tensor)");
   m.def(
       "soft_label_kl(Tensor student_logits, Tensor teacher_logits, Tensor? weight, "
       "float temperature, str mode, str reduction, float eps, bool compute_grad) "

@@ -1,61 +1,49 @@
-"""torch.nn.Module wrappers of the ops, with the same keyword arguments."""
+"""torch.nn.Module wrappers of the ops: the constructor takes the op's keyword arguments, forward
+its tensor arguments (e.g. ``SoftLabelKL(temperature=2.0)(cls_s, cls_t, weight=conf)``)."""
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 from . import ops
 
 
-class ConfidenceMaskedMSE(torch.nn.Module):
-    """Module form of :func:`kdkernels.confidence_masked_mse`: forward(student, teacher, confidence)."""
+class _OpModule(torch.nn.Module):
+    """forward(*tensors, **tensor_kwargs) = op(*tensors, **tensor_kwargs, **self.kwargs)."""
+    op = None  # set by subclasses (a staticmethod of the public op)
 
-    def __init__(self, *, threshold=0.0, power=1.0, reduction="mean", eps=1e-6):
+    def __init__(self, **kwargs):
         super().__init__()
-        self.kwargs = dict(threshold=threshold, power=power, reduction=reduction, eps=eps)
+        params = inspect.signature(type(self).op).parameters
+        unknown = [k for k in kwargs if k not in params or params[k].kind != inspect.Parameter.KEYWORD_ONLY]
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown keyword argument(s) {unknown}; the op "
+                            f"takes {[k for k, p in params.items() if p.kind == p.KEYWORD_ONLY]}")
+        self.kwargs = kwargs
 
-    def forward(self, student, teacher, confidence):
-        return ops.confidence_masked_mse(student, teacher, confidence, **self.kwargs)
+    def forward(self, *args, **tensor_kwargs):
+        return type(self).op(*args, **tensor_kwargs, **self.kwargs)
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
 
 
-class SoftLabelKL(torch.nn.Module):
-    """Module form of :func:`kdkernels.soft_label_kl`: forward(student_logits, teacher_logits, weight=None)."""
-
-    def __init__(self, *, temperature=1.0, mode="softmax", reduction="mean", eps=1e-6):
-        super().__init__()
-        self.kwargs = dict(temperature=temperature, mode=mode, reduction=reduction, eps=eps)
-
-    def forward(self, student_logits, teacher_logits, weight=None):
-        return ops.soft_label_kl(student_logits, teacher_logits, weight=weight, **self.kwargs)
-
-    def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+def _module(name: str, op, call: str):
+    doc = f"Module form of :func:`kdkernels.{op.__name__}`: {call}."
+    return type(name, (_OpModule,), {"op": staticmethod(op), "__doc__": doc, "__module__": __name__})
 
 
-class AdaptiveDistillationLoss(torch.nn.Module):
-    """Module form of :func:`kdkernels.adaptive_distillation_loss`: forward(student_logits, teacher_logits, weight=None)."""
-
-    def __init__(self, *, temperature=1.0, beta=1.0, gamma=2.0, mode="sigmoid", reduction="mean",
-                 detach_weight=False, eps=1e-6):
-        super().__init__()
-        self.kwargs = dict(temperature=temperature, beta=beta, gamma=gamma, mode=mode,
-                           reduction=reduction, detach_weight=detach_weight, eps=eps)
-
-    def forward(self, student_logits, teacher_logits, weight=None):
-        return ops.adaptive_distillation_loss(student_logits, teacher_logits, weight=weight, **self.kwargs)
-
-    def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-
-
-class TeacherConfidence(torch.nn.Module):
-    """Module form of :func:`kdkernels.teacher_confidence`."""
-
-    def __init__(self, *, mode="sigmoid"):
-        super().__init__()
-        self.mode = mode
-
-    def forward(self, cls_logits):
-        return ops.teacher_confidence(cls_logits, mode=self.mode)
+ConfidenceMaskedMSE = _module("ConfidenceMaskedMSE", ops.confidence_masked_mse,
+                              "forward(student, teacher, confidence)")
+SoftLabelKL = _module("SoftLabelKL", ops.soft_label_kl, "forward(student_logits, teacher_logits, weight=None)")
+AdaptiveDistillationLoss = _module("AdaptiveDistillationLoss", ops.adaptive_distillation_loss,
+                                   "forward(student_logits, teacher_logits, weight=None)")
+ChannelWiseDivergence = _module("ChannelWiseDivergence", ops.channel_wise_divergence, "forward(student, teacher)")
+PearsonFeatureLoss = _module("PearsonFeatureLoss", ops.pearson_feature_loss, "forward(student, teacher)")
+SeparableWeightedMSE = _module("SeparableWeightedMSE", ops.separable_weighted_mse,
+                               "forward(student, teacher, spatial_weight, channel_weight=None)")
+LocalizationDistillation = _module("LocalizationDistillation", ops.localization_distillation,
+                                   "forward(student_bins, teacher_bins, weight=None)")
+DecoupledKD = _module("DecoupledKD", ops.decoupled_kd, "forward(student_logits, teacher_logits, labels)")
+TeacherConfidence = _module("TeacherConfidence", ops.teacher_confidence, "forward(cls_logits)")

@@ -61,29 +61,32 @@ def confidence_map(cls_logits: torch.Tensor, num_anchors: int, *, mode: str = "s
     return teacher_confidence(per_anchor, mode=mode).amax(dim=1)
 
 
+def _confidence_mask(conf: torch.Tensor, threshold: float, power: float, dtype: torch.dtype) -> torch.Tensor:
+    """m = 0 where conf < threshold, else conf^power, in `dtype` (the accumulation dtype: the
+    comparison and the power run there, threshold rounded to it). A NaN confidence is kept (NaN < τ
+    is false): m = NaN^power. A masked-out pixel is exactly 0 whatever conf^power would be (0^-1,
+    a fractional power of a negative confidence). The spatial weight that confidence_masked_mse
+    passes to separable_weighted_mse, on every backend."""
+    c = conf.to(dtype)
+    return torch.where(c < threshold, 0.0, c if power == 1.0 else c.pow(power))
+
+
 def confidence_masked_mse(student, teacher, confidence, *, threshold=0.0, power=1.0,
                           reduction="mean", eps=1e-6):
-    """m = conf^power·[conf ≥ threshold]; l = m (s − t)²; mean = Σ l / (C · max(Σ m, eps)).
+    """separable_weighted_mse with the spatial weight m = conf^power·[conf ≥ threshold] and no
+    channel weight: l = m (s − t)²; mean = Σ l / (C · max(Σ m, eps)).
 
     A pixel is masked out iff conf < threshold (a NaN confidence is kept, so NaN propagates); a
-    masked-out pixel contributes exactly 0 to the loss, the normaliser and the gradient, whatever
-    its student/teacher values or conf^power. Mean with Σ m == 0 is 0 with a zero gradient."""
+    masked-out pixel, or a kept one whose m is 0, contributes exactly 0 to the loss, the normaliser
+    and the gradient, whatever its student/teacher values or conf^power. Mean with Σ m == 0 is 0
+    with a zero gradient."""
     conf = V.feature_pair(student, teacher, confidence)
     V.number(threshold, "threshold")
     V.number(power, "power")
     V.choice(reduction, "reduction", V.REDUCTIONS)
     V.positive(eps, "eps")
-    s, t = _acc(student), _acc(teacher.detach())
-    c = conf.to(s.dtype).unsqueeze(1)
-    keep = ~(c < threshold)
-    mask = torch.where(keep, c.pow(power), 0.0)
-    diff = torch.where(keep, s - t, 0.0)  # no inf/NaN from masked-out pixels, in loss or gradient
-    loss = mask * diff.square()
-    if reduction == "none":
-        return loss.to(student.dtype)
-    if reduction == "sum":
-        return loss.sum().to(student.dtype)
-    return _safe_mean(loss.sum(), mask.sum() * student.shape[1], eps * student.shape[1]).to(student.dtype)
+    mask = _confidence_mask(conf, threshold, power, _acc(student).dtype)
+    return separable_weighted_mse(student, teacher, mask, reduction=reduction, eps=eps)
 
 
 def _kl_terms(s, t, temperature: float, mode: str):

@@ -76,6 +76,19 @@ def test_nn_modules():
     torch.testing.assert_close(adl(logits_s, logits_t), kdkernels.adaptive_distillation_loss(logits_s, logits_t, beta=1.5, gamma=1.0))
     assert "temperature=2.0" in repr(kl)
     torch.testing.assert_close(kdkernels.nn.TeacherConfidence()(logits_t), kdkernels.teacher_confidence(logits_t))
+    labels = torch.randint(0, 3, (8,))
+    torch.testing.assert_close(kdkernels.nn.DecoupledKD(beta=8.0)(logits_s, logits_t, labels),
+                               kdkernels.decoupled_kd(logits_s, logits_t, labels, beta=8.0))
+    torch.testing.assert_close(kdkernels.nn.ChannelWiseDivergence(temperature=2.0)(s, t),
+                               kdkernels.channel_wise_divergence(s, t, temperature=2.0))
+    torch.testing.assert_close(kdkernels.nn.PearsonFeatureLoss()(s, t), kdkernels.pearson_feature_loss(s, t))
+    torch.testing.assert_close(kdkernels.nn.SeparableWeightedMSE(reduction="sum")(s, t, conf),
+                               kdkernels.separable_weighted_mse(s, t, conf, reduction="sum"))
+    w = torch.rand(8)
+    torch.testing.assert_close(kdkernels.nn.LocalizationDistillation()(logits_s, logits_t, weight=w),
+                               kdkernels.localization_distillation(logits_s, logits_t, weight=w))
+    with pytest.raises(TypeError, match="tau"):
+        kdkernels.nn.ChannelWiseDivergence(tau=4.0)
 
 
 S4, T4, C3 = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2, 4, 4)

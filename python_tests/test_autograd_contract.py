@@ -18,6 +18,10 @@ OPS = {
     "masked_mse": (
         lambda d: (torch.randn(2, 3, 5, 4, device=d), torch.randn(2, 3, 5, 4, device=d), torch.rand(2, 5, 4, device=d)),
         lambda s, t, c: kdkernels.confidence_masked_mse(s, t, c, threshold=0.3, power=2.0)),
+    "separable_mse": (
+        lambda d: (torch.randn(2, 3, 5, 4, device=d), torch.randn(2, 3, 5, 4, device=d),
+                   torch.rand(2, 5, 4, device=d), torch.rand(2, 3, device=d)),
+        lambda s, t, ws, wc: kdkernels.separable_weighted_mse(s, t, ws, wc)),
     "kl_sigmoid": (_row_inputs, lambda s, t, w: kdkernels.soft_label_kl(s, t, mode="sigmoid", weight=w, temperature=2.0)),
     "kl_softmax": (_row_inputs, lambda s, t, w: kdkernels.soft_label_kl(s, t, mode="softmax", weight=w)),
     "adl_sigmoid": (_row_inputs, lambda s, t, w: kdkernels.adaptive_distillation_loss(s, t, weight=w, mode="sigmoid")),

@@ -6,14 +6,16 @@ import kdkernels
 from conftest import assert_close
 
 OPCHECK_CASES = {
-    "confidence_masked_mse": lambda red, cg: (
+    "separable_weighted_mse": lambda red, cg: (
         torch.randn(2, 3, 4, 5, requires_grad=cg), torch.randn(2, 3, 4, 5), torch.rand(2, 4, 5),
-        0.3, 1.0, red, 1e-6, cg),
+        torch.rand(2, 3), red, 1e-6, cg),
     "soft_label_kl": lambda red, cg: (
         torch.randn(6, 7, requires_grad=cg), torch.randn(6, 7), torch.rand(6), 2.0, "softmax", red, 1e-6, cg),
     "adaptive_distillation_loss": lambda red, cg: (
         torch.randn(6, 7, requires_grad=cg), torch.randn(6, 7), None, 1.0, 1.0, 2.0, "sigmoid", False,
         red, 1e-6, cg),
+    "pearson_feature_loss": lambda red, cg: (
+        torch.randn(2, 3, 4, 5, requires_grad=cg), torch.randn(2, 3, 4, 5), red, cg),
 }
 
 

@@ -128,3 +128,95 @@ def test_scarce_adl_versus_plain_kl_claim():
     assert line == [("label-scarce: unlabeled with ADL ≥ unlabeled with plain KL", "-1.0 AP (std 0.9)", False)]
     rows[2] = _row("scarce", "unlabeled_kl", 12.5)
     assert [c[2] for c in efficacy.claims(rows) if c[0].startswith("label-scarce: unlabeled")] == [True]
+
+
+# ----------------------------------------------------------------------------- peer presets (issue 12)
+def test_cpu_preset_peer_rows_config_plumbing():
+    """The peer rows of the CPU preset: same student and schedule as the thesis rows, the method and
+    its tuned scale (peer_scales), the best-label-free-peer placeholder; nothing is trained."""
+    preset = efficacy.load_preset("cpu")
+    rows = {(r["setting"], r["name"]): r for r in preset["rows"]}
+    for name in ("cwd", "pkd", "fgd", "fgd_conf"):
+        cfg = efficacy.row_config(preset, rows[("full", name)], seed=1)
+        thesis = efficacy.row_config(preset, rows[("full", "conf_kd")], seed=1)
+        assert cfg.distill.method == name and cfg.distill.method_weight == 1.0
+        assert cfg.train == thesis.train and cfg.model == thesis.model and cfg.data == thesis.data
+        assert cfg.distill.teacher_checkpoint == thesis.distill.teacher_checkpoint
+        assert thesis.distill.method == "thesis"
+    unl = efficacy.row_config(preset, rows[("full", "peer_unlabeled")], seed=0)
+    adl = efficacy.row_config(preset, rows[("full", "unlabeled_adl")], seed=0)
+    assert unl.distill.method == preset["vars"]["best_label_free_peer"] == "fgd_conf"
+    assert (unl.train.iterations, unl.train.unlabeled_every) == (adl.train.iterations, adl.train.unlabeled_every) == (1200, 1)
+    for name in ("fgd", "fgd_conf"):
+        cfg = efficacy.row_config(preset, rows[("scarce", name)], seed=0)
+        ref = efficacy.row_config(preset, rows[("scarce", "unlabeled_adl")], seed=0)
+        assert cfg.distill.method == name and cfg.train == ref.train and cfg.data == ref.data
+    # the tuned scale and the placeholder are each one edit (or --var)
+    preset["peer_scales"]["pkd"] = 4.0
+    preset["vars"]["best_label_free_peer"] = "pkd"
+    assert efficacy.row_config(preset, rows[("full", "pkd")], seed=0).distill.method_weight == 4.0
+    unl = efficacy.row_config(preset, rows[("full", "peer_unlabeled")], seed=0)
+    assert unl.distill.method == "pkd" and unl.distill.method_weight == 4.0
+    assert "(pkd)" in efficacy.fill_text(rows[("full", "peer_unlabeled")]["description"], preset)
+    efficacy.load_preset("gpu")  # the GPU preset has the same rows
+
+
+def test_tune_rows_run_on_their_own_seed(tmp_path, capsys):
+    preset = efficacy.load_preset("cpu")
+    jobs = efficacy.plan(preset, tune=True)
+    assert jobs[0][4] == "teacher" and len(jobs) == 1 + 4 * 3
+    assert {j[3] for j in jobs[1:]} == {100}
+    names = [j[0] for j in jobs[1:]]
+    assert names[:3] == ["tune_cwd_x0.25", "tune_cwd_x1", "tune_cwd_x4"] and "tune_fgd_conf_x4" in names
+    row = next(r for r in preset["tune_rows"] if r["name"] == "tune_fgd_x0.25")
+    cfg = efficacy.row_config(preset, row, seed=100)
+    assert cfg.distill.method == "fgd" and cfg.distill.method_weight == 0.25 and cfg.seed == 100
+    assert cfg.train.iterations == 600 and cfg.train.unlabeled_every == 0
+    assert efficacy.main(["--tune", "--rows", "tune_pkd_x4", "--dry-run"]) == 0
+    assert "tune_pkd_x4" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown rows"):
+        efficacy.main(["--tune", "--rows", "cwd", "--dry-run"])
+    with pytest.raises(SystemExit, match="no tune section"):
+        efficacy.main(["--preset", str(_tiny_preset(tmp_path)), "--tune", "--dry-run"])
+    assert efficacy.main(["--var", "best_label_free_peer=cwd", "--rows", "peer_unlabeled", "--seeds", "0", "--dry-run"]) == 0
+    assert "peer_unlabeled       seed 0 (distill, cwd)" in capsys.readouterr().out
+
+
+def test_unknown_placeholder_names_the_row(tmp_path):
+    path = _tiny_preset(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["rows"].append({"name": "peer", "set": {"distill.method": "${nope}"}})
+    path.write_text(yaml.safe_dump(data))
+    preset = efficacy.load_preset(str(path))
+    with pytest.raises(SystemExit, match=r"full/peer uses \$\{nope\}"):
+        efficacy.row_config(preset, preset["rows"][-1], seed=0)
+
+
+def _run(ap):
+    return {"metrics": {"AP": ap, "AP50": ap, "AP75": ap}, "train_eval_seconds": 1.0}
+
+
+def test_tuning_and_head_to_head_tables(tmp_path):
+    preset = efficacy.load_preset("cpu")
+    preset["peer_scales"]["cwd"] = 4.0
+    raw = {"full": {"teacher": {"0": _run(20.0)},
+                    "tune_cwd_x0.25": {"100": _run(8.0)}, "tune_cwd_x1": {"100": _run(9.5)},
+                    "tune_cwd_x4": {"100": _run(9.0)}, "tune_fgd_x1": {"100": _run(7.0)},
+                    "tune_fgd_x4": {"100": _run(7.0)},
+                    "conf_kd": {"0": _run(9.0), "1": _run(10.0)}, "cwd": {"0": _run(11.0), "1": _run(12.0)},
+                    "fgd": {"0": _run(9.2), "1": _run(9.6)}},
+           "scarce": {"unlabeled_adl": {"0": _run(12.0), "1": _run(12.2)}, "fgd_conf": {"0": _run(10.0), "1": _run(10.1)}}}
+    tuned = {t["method"]: t for t in efficacy.tuning(raw, preset)}
+    assert tuned["cwd"]["chosen"] == 1.0 and tuned["cwd"]["preset"] == 4.0
+    assert tuned["fgd"]["chosen"] == 1.0  # a tie goes to the published weights
+    pairs = {(p[0], p[2]): p for p in efficacy.head_to_head(efficacy.summarize(raw, preset))}
+    assert pairs[("full", "cwd")][5] == pytest.approx(-2.0) and pairs[("full", "cwd")][7] == "**peer wins**"
+    assert pairs[("full", "fgd")][7] == "within the spread"
+    assert pairs[("scarce", "fgd_conf")][7] == "thesis wins"
+    md = tmp_path / "E.md"
+    text = efficacy.render(raw, preset, md, tmp_path / "E.png", ["cmd"])
+    assert "## Head to head" in text and "| full | conf_kd | cwd | 9.5 | 11.5 | -2.0 |" in text
+    assert "## Peer weight tuning (seed 100, setting full)" in text
+    assert "| cwd | 8.0 | 9.5 | 9.0 | × 1 | × 4 (differs) |" in text
+    assert "| fgd | — | 7.0 | 7.0 | × 1 | × 1 |" in text
+    assert "tune_cwd" not in text.split("## Head to head")[0]  # tuning runs stay out of the main table

@@ -1,7 +1,8 @@
 """GPU-only checks (skipped without CUDA). The op × backend × dtype matrices run on CUDA through
-conftest.ALL_BACKENDS (test_row_losses.py, test_confidence_masked_mse.py, the contract tests);
-this file adds what only a GPU shows: realistic shapes, compile with Inductor, CUDA-graph capture,
-no host synchronisation, a second device, opcheck of the CUDA kernels."""
+conftest.ALL_BACKENDS (test_row_losses.py, test_confidence_masked_mse.py,
+test_separable_weighted_mse.py, the contract tests); this file adds what only a GPU shows:
+realistic shapes, compile with Inductor, CUDA-graph capture, no host synchronisation, a second
+device, opcheck of the CUDA kernels."""
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ GPU_BACKENDS = [b for b in kdkernels.available_backends("cuda") if b != "referen
 
 def _all_losses(s4, t4, conf, s2, t2, w):
     return (kdkernels.confidence_masked_mse(s4, t4, conf, threshold=0.5)
+            + kdkernels.separable_weighted_mse(s4, t4, conf, conf.new_ones(s4.shape[:2]) * 0.5)
             + kdkernels.soft_label_kl(s2, t2, mode="sigmoid", weight=w)
             + kdkernels.soft_label_kl(s2, t2, mode="softmax", weight=w)
             + kdkernels.adaptive_distillation_loss(s2, t2, weight=w)
@@ -37,6 +39,7 @@ def test_realistic_shapes_gpu(backend):
     s4 = torch.randn(2, 256, 100, 168, device="cuda", requires_grad=True)
     t4 = torch.randn(2, 256, 100, 168, device="cuda")
     conf = torch.rand(2, 100, 168, device="cuda")
+    wc = torch.rand(2, 256, device="cuda") * 2
     s2 = torch.randn(400_000, 80, device="cuda", requires_grad=True)
     t2 = torch.randn(400_000, 80, device="cuda")
     w = torch.rand(400_000, device="cuda")
@@ -44,10 +47,12 @@ def test_realistic_shapes_gpu(backend):
         a = kdkernels.confidence_masked_mse(s4, t4, conf, threshold=0.5)
         b = kdkernels.soft_label_kl(s2, t2, mode="sigmoid", weight=w)
         c = kdkernels.adaptive_distillation_loss(s2, t2, weight=w)
+        d = kdkernels.separable_weighted_mse(s4, t4, conf, wc)
     ra = kdkernels.reference.confidence_masked_mse(s4.double(), t4.double(), conf.double(), threshold=0.5)
     rb = kdkernels.reference.soft_label_kl(s2.double(), t2.double(), mode="sigmoid", weight=w.double())
     rc = kdkernels.reference.adaptive_distillation_loss(s2.double(), t2.double(), weight=w.double())
-    for x, r in ((a, ra), (b, rb), (c, rc)):
+    rd = kdkernels.reference.separable_weighted_mse(s4.double(), t4.double(), conf.double(), wc.double())
+    for x, r in ((a, ra), (b, rb), (c, rc), (d, rd)):
         torch.testing.assert_close(x.double(), r, rtol=1e-4, atol=1e-6)
 
 
@@ -129,6 +134,7 @@ def test_opcheck_cuda():
     args = (torch.randn(6, 7, device="cuda", requires_grad=True), torch.randn(6, 7, device="cuda"),
             torch.rand(6, device="cuda"), 2.0, "sigmoid", "mean", 1e-6, True)
     torch.library.opcheck(torch.ops.kdkernels.soft_label_kl, args)
-    args = (torch.randn(2, 3, 4, 8, device="cuda", requires_grad=True), torch.randn(2, 3, 4, 8, device="cuda"),
-            torch.rand(2, 4, 8, device="cuda"), 0.3, 1.0, "mean", 1e-6, True)
-    torch.library.opcheck(torch.ops.kdkernels.confidence_masked_mse, args)
+    for channel_weight in (torch.rand(2, 3, device="cuda"), None):
+        args = (torch.randn(2, 3, 4, 8, device="cuda", requires_grad=True), torch.randn(2, 3, 4, 8, device="cuda"),
+                torch.rand(2, 4, 8, device="cuda"), channel_weight, "mean", 1e-6, True)
+        torch.library.opcheck(torch.ops.kdkernels.separable_weighted_mse, args)

@@ -28,7 +28,15 @@ TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=2e-4
 
 # ------------------------------------------------------------------ direct calls of the native ops
 def mse(s, t, c, threshold=0.0, power=1.0, reduction="mean", eps=1e-6, grad=True):
-    return OPS.confidence_masked_mse(s, t, c, threshold, power, reduction, eps, grad)
+    """confidence_masked_mse as the public op runs it: its mask (in the accumulation dtype), then
+    the native separable_weighted_mse kernel with the mask as the spatial weight."""
+    mask = reference._confidence_mask(c, threshold, power,
+                                      torch.float64 if s.dtype == torch.float64 else torch.float32)
+    return OPS.separable_weighted_mse(s, t, mask, None, reduction, eps, grad)
+
+
+def swmse(s, t, ws, wc=None, reduction="mean", eps=1e-6, grad=True):
+    return OPS.separable_weighted_mse(s, t, ws, wc, reduction, eps, grad)
 
 
 def kl(s, t, w=None, temperature=1.0, mode="softmax", reduction="mean", eps=1e-6, grad=True):
@@ -179,8 +187,7 @@ BAD_ROW_ARGS = [("temperature", 0.0), ("temperature", -1.0), ("temperature", INF
                 ("eps", 0.0), ("eps", -1.0), ("eps", INF), ("eps", NAN)]
 BAD_ADL_ARGS = [("beta", -1.0), ("beta", INF), ("beta", NAN), ("gamma", -0.5), ("gamma", INF),
                 ("gamma", NAN)]
-BAD_MSE_ARGS = [("threshold", INF), ("threshold", -INF), ("threshold", NAN), ("power", INF),
-                ("power", NAN), ("eps", 0.0), ("eps", -1.0), ("eps", INF), ("eps", NAN)]
+BAD_MSE_ARGS = [("eps", 0.0), ("eps", -1.0), ("eps", INF), ("eps", NAN)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -197,10 +204,67 @@ def test_row_hyperparameters_checked_by_the_kernel(device, op_name, name, value)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name,value", BAD_MSE_ARGS + [("reduction", "avg")])
 def test_mse_hyperparameters_checked_by_the_kernel(device, name, value):
+    """separable_weighted_mse's scalars (confidence_masked_mse's threshold and power never reach a
+    kernel: the public op builds the mask from them, after its own checks)."""
     s, t = torch.randn(2, 3, 4, 5, device=device), torch.randn(2, 3, 4, 5, device=device)
-    conf = torch.rand(2, 4, 5, device=device)
-    with pytest.raises(ValueError, match=rf"^kdkernels\.confidence_masked_mse: {name} must be"):
-        mse(s, t, conf, **{name: value})
+    ws, wc = torch.rand(2, 4, 5, device=device), torch.rand(2, 3, device=device)
+    with pytest.raises(ValueError, match=rf"^kdkernels\.separable_weighted_mse: {name} must be"):
+        swmse(s, t, ws, wc, **{name: value})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_separable_weight_metadata_checked_by_the_kernel(device):
+    """Shapes, dtypes and devices (CUDA features, CPU weights) of the weights, named in the error;
+    no data is read."""
+    s, t = torch.randn(2, 3, 4, 5, device=device), torch.randn(2, 3, 4, 5, device=device)
+    ws, wc = torch.rand(2, 4, 5, device=device), torch.rand(2, 3, device=device)
+    bad = {"spatial_weight": [(torch.rand(2, 4, 4, device=device), wc, ValueError),
+                              (torch.ones(2, 4, 5, dtype=torch.int64, device=device), wc, TypeError)],
+           "channel_weight": [(ws, torch.rand(2, 4, device=device), ValueError),
+                              (ws, torch.rand(6, device=device), ValueError),
+                              (ws, torch.ones(2, 3, dtype=torch.int32, device=device), TypeError)]}
+    if device == "cuda":
+        bad["spatial_weight"].append((ws.cpu(), wc, ValueError))
+        bad["channel_weight"].append((ws, wc.cpu(), ValueError))
+    for name, cases in bad.items():
+        for w_s, w_c, error in cases:
+            with pytest.raises(error, match=rf"^kdkernels\.separable_weighted_mse: .*{name}"):
+                swmse(s, t, w_s, w_c)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_separable_special_weights_follow_the_float64_formula(device, dtype, reduction):
+    """Zero spatial or channel weights (exact 0 whatever the features), NaN, inf and negative
+    weights (the kernel does not check values: the public op does), weights of other dtypes and
+    strides (a transposed channel weight, an expanded spatial one)."""
+    s, t = torch.randn(2, 3, 4, 5, dtype=torch.float64), torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    ws = torch.rand(2, 4, 5, dtype=torch.float64)
+    wc = torch.rand(3, 2, dtype=torch.float64).t()  # (2, 3), strides (1, 2)
+    ws[0, 1, 2], ws[1, 0, :] = 0.0, -0.0
+    wc[1, 2] = 0.0
+    s[0, :, 1, 2], t[1, 1, 0, 3], s[1, 2, 3, 3] = INF, NAN, -INF  # at zero weights only
+    loss, grad = swmse(s.to(device, dtype), t.to(device, dtype), ws.to(device, torch.float16),
+                       wc.to(device), reduction)
+    ref_loss, ref_grad = reference_with_grad(reference.separable_weighted_mse, s.to(dtype), t.to(dtype).double(),
+                                             ws.half().double(), wc, reduction=reduction)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert_matches(loss, ref_loss, dtype)
+    assert_matches(grad, ref_grad, dtype)
+    zero = (ws.unsqueeze(1) * wc[:, :, None, None] == 0).expand_as(s).to(device)
+    assert torch.all(grad[zero] == 0)
+    for w_s, w_c in ((ws.clone().index_put_((torch.tensor([1]), torch.tensor([2]), torch.tensor([1])),
+                                            torch.tensor(NAN, dtype=torch.float64)), wc),
+                     (ws, wc.clone().index_put_((torch.tensor([0]), torch.tensor([1])),
+                                                torch.tensor(NAN, dtype=torch.float64))),
+                     (ws * -1.0 + 0.5, wc * INF)):
+        loss, grad = swmse(s.to(device, dtype), t.to(device, dtype), w_s.to(device), w_c.to(device),
+                           reduction)
+        ref_loss, ref_grad = reference_with_grad(reference.separable_weighted_mse, s.to(dtype),
+                                                 t.to(dtype).double(), w_s, w_c, reduction=reduction)
+        assert_matches(loss, ref_loss, dtype)
+        assert_matches(grad, ref_grad, dtype)
 
 
 @pytest.mark.parametrize("op_name", list(ROW_OPS))
@@ -418,14 +482,14 @@ def test_backend_neutral_header_shared_by_cpu_and_cuda():
     """Argument parsing, checks, the normaliser and the bool → template dispatch live once in
     csrc/ops/common.h; the CUDA unit includes it, not a CPU header."""
     common = (ROOT / "csrc/ops/common.h").read_text()
-    for name in ("struct RowLossArgs", "struct MaskedMseArgs", "parse_reduction", "parse_softmax",
-                 "mean_denominator", "dispatch_bools", "check_row_inputs", "check_masked_mse_inputs"):
+    for name in ("struct RowLossArgs", "struct SeparableMseArgs", "parse_reduction", "parse_softmax",
+                 "mean_denominator", "dispatch_bools", "check_row_inputs", "check_separable_inputs"):
         assert name in common, name
     sources = {p: p.read_text() for p in (ROOT / "csrc").rglob("*") if p.suffix in (".h", ".cpp", ".cu")}
     for path, text in sources.items():
         if path.name == "common.h" and path.parent.name == "ops":
             continue
-        for name in ("struct RowLossArgs", "struct MaskedMseArgs", "Reduction parse_reduction(",
+        for name in ("struct RowLossArgs", "struct SeparableMseArgs", "Reduction parse_reduction(",
                      "bool parse_softmax(", "enum Reduction"):
             assert name not in text, f"{path} defines {name} again"
     cuda = "".join(t for p, t in sources.items() if p.suffix == ".cu")

@@ -83,6 +83,59 @@ def test_zero_normaliser_gives_zero_for_any_eps(backend, dtype, eps):
             assert loss.item() == 0 and torch.all(grad == 0), (op, mode)
 
 
+# feature ops weighted per pixel and per channel: loss(student, teacher, spatial_weight,
+# channel_weight, **kwargs), (N, C, H, W) features, (N, H, W) and (N, C) weights
+WEIGHTED_FEATURE_OPS = {"separable_weighted_mse": kdkernels.separable_weighted_mse}
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(WEIGHTED_FEATURE_OPS))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_weighted_features_nan_in_nan_out_and_zero_weights_exact(backend, op, reduction):
+    """NaN or inf features at a weighted element propagate; at an element whose weight is 0
+    (spatial or channel) they add exactly 0 to the loss and the gradient."""
+    s, t = _feats(backend.device)
+    ws, wc = torch.rand(2, 4, 5, device=backend.device) + 0.1, torch.rand(2, 3, device=backend.device) + 0.1
+    ws[0, 1, 1], wc[1, 2] = 0.0, 0.0
+    s[0, :, 1, 1], t[1, 2, 3, 3] = INF, NAN
+    loss, grad = run_with_grad(lambda x: WEIGHTED_FEATURE_OPS[op](x, t, ws, wc, reduction=reduction), s)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert torch.all(grad[0, :, 1, 1] == 0) and torch.all(grad[1, 2] == 0)
+    t[0, 1, 2, 2] = NAN
+    loss, grad = run_with_grad(lambda x: WEIGHTED_FEATURE_OPS[op](x, t, ws, wc, reduction=reduction), s)
+    assert torch.isnan(grad[0, 1, 2, 2])
+    if reduction == "none":
+        assert torch.isnan(loss[0, 1, 2, 2]) and torch.isfinite(loss[1]).all()
+    else:
+        assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(WEIGHTED_FEATURE_OPS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("eps", [1e-300, 1e-6])
+def test_weighted_features_zero_normaliser(backend, op, dtype, eps):
+    s, t = (x.to(dtype) for x in _feats(backend.device))
+    ws, wc = torch.zeros(2, 4, 5, device=backend.device), torch.rand(2, 3, device=backend.device)
+    for channel_weight in (wc, None):
+        loss, grad = run_with_grad(lambda x: WEIGHTED_FEATURE_OPS[op](x, t, ws, channel_weight, eps=eps), s)
+        assert loss.item() == 0 and torch.all(grad == 0)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("op", list(WEIGHTED_FEATURE_OPS))
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("value", [INF, NAN, 0.0, -1.0])
+def test_weighted_features_bad_eps(backend, op, compiled, value):
+    torch._dynamo.reset()
+    s, t = _feats(backend.device)
+    ws, wc = torch.rand(2, 4, 5, device=backend.device), torch.rand(2, 3, device=backend.device)
+    fn = lambda a, b, c, d: WEIGHTED_FEATURE_OPS[op](a, b, c, d, eps=value)  # noqa: E731
+    fn = torch.compile(fn, fullgraph=True, backend="aot_eager") if compiled else fn
+    with pytest.raises(Exception, match="eps"):
+        fn(s, t, ws, wc)
+
+
 BAD_HYPER = [
     ("temperature", INF), ("temperature", NAN), ("eps", INF), ("eps", NAN), ("beta", INF),
     ("beta", NAN), ("gamma", INF), ("gamma", NAN),

@@ -276,7 +276,7 @@ def test_batched_grad_outputs_none(backend):
 
 
 # --------------------------------------------------------------------------------------------------
-# torch.compile, opcheck, autocast
+# torch.compile, autocast (opcheck of the native op: test_compile.OPCHECK_CASES)
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -298,14 +298,6 @@ def test_compile_fullgraph(backend, reduction):
         (g_c,), (g_e,) = torch.autograd.grad(loss_c, xs), torch.autograd.grad(loss_e, xe)
         torch.testing.assert_close(loss_c, loss_e)
         torch.testing.assert_close(g_c, g_e)
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("compute_grad", [True, False])
-def test_opcheck(reduction, compute_grad):
-    s, t = make((2, 3, 4, 5), torch.float32)
-    torch.library.opcheck(torch.ops.kdkernels.pearson_feature_loss,
-                          (s.requires_grad_(compute_grad), t, reduction, compute_grad))
 
 
 def test_autocast_bf16_cpu():

@@ -69,13 +69,14 @@ TOL = {
 }
 MODES = ["softmax", "sigmoid"]
 REDUCTIONS = ["mean", "sum", "none"]
-OPS = ["soft_label_kl", "adaptive_distillation_loss", "confidence_masked_mse"]
+OPS = ["soft_label_kl", "adaptive_distillation_loss", "separable_weighted_mse"]
 ROW_OPS = {
     "soft_label_kl": dict(temperature=2.0),
     "adaptive_distillation_loss": dict(temperature=2.0, beta=1.5, gamma=1.5),
 }
 # autotuned kernel of each kind: (module of kdkernels.triton, attribute)
-KERNELS = {"rows": ("_row_losses", "_row_loss_kernel"), "mse": ("confidence_masked_mse", "_masked_mse_kernel")}
+KERNELS = {"rows": ("_row_losses", "_row_loss_kernel"),
+           "mse": ("separable_weighted_mse", "_separable_mse_kernel")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -163,10 +164,22 @@ def schema_args(name, student, *inputs, compute_grad, **kwargs):
     return args + [compute_grad]
 
 
+def masked_as_separable(student, teacher, confidence, threshold=0.0, power=1.0, **kwargs):
+    """confidence_masked_mse's arguments → separable_weighted_mse's, as the public op converts
+    them: the mask in the accumulation dtype becomes the spatial weight."""
+    n, _, h, w = student.shape
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    mask = reference._confidence_mask(confidence.reshape(n, h, w), threshold, power, acc)
+    return (teacher, mask), kwargs
+
+
 def call(name, student, *inputs, compute_grad=None, **kwargs):
-    """The loss of torch.ops.kdkernels_triton.<name>, as the public op computes it."""
+    """The loss of torch.ops.kdkernels_triton.<name>, as the public op computes it
+    ("confidence_masked_mse": its mask, then the separable_weighted_mse kernel)."""
     if compute_grad is None:
         compute_grad = torch.is_grad_enabled() and student.requires_grad
+    if name == "confidence_masked_mse":
+        name, (inputs, kwargs) = "separable_weighted_mse", masked_as_separable(student, *inputs, **kwargs)
     loss, _ = fused(name)(*schema_args(name, student, *inputs, compute_grad=compute_grad, **kwargs))
     return loss
 
@@ -430,10 +443,11 @@ def test_masked_mse_layouts():
 def masked_mse_contract(s, t, conf, *, threshold=0.0, power=1.0, reduction="mean", eps=1e-6):
     """docs/METHOD.md section 4 in float64, on (N, C, H, W) s, t and (N, H, W) conf: (loss, ∂loss/∂s).
     A pixel is masked out iff conf < threshold (exact: conf converts to float64 exactly); it adds
-    exactly 0 to the loss, to Σ m and to the gradient; "mean" with Σ m = 0 is 0."""
+    exactly 0 to the loss, to Σ m and to the gradient, as does a selected pixel whose m is 0;
+    "mean" with Σ m = 0 is 0."""
     s, t, c = s.double(), t.double(), conf.double().unsqueeze(1)
-    keep = ~(c < threshold)
-    m = torch.where(keep, c.pow(power), 0.0)
+    m = torch.where(c < threshold, 0.0, c.pow(power))
+    keep = m != 0  # a zero weight (masked out, or conf = 0) adds exactly 0; NaN is kept
     d = s - t
     loss = torch.where(keep, m * d * d, 0.0)
     grad = torch.where(keep, 2 * m * d, 0.0)
@@ -543,6 +557,49 @@ def test_masked_mse_empty(shape, reduction):
 
 
 # ------------------------------------------------------------------------------------------------
+# separable_weighted_mse (the kernel above, with a channel weight)
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_separable_mse_matches_reference(reduction, dtype):
+    s, t, ws = features(2, 3, 5, 7, dtype, seed=20)
+    wc = torch.rand(2, 3, generator=torch.Generator().manual_seed(20), dtype=torch.float64) * 2
+    for channel_weight in (None, wc.to(DEVICE, dtype)):
+        check_against_reference("separable_weighted_mse", s, (t, ws),
+                                dict(channel_weight=channel_weight, reduction=reduction), dtype)
+
+
+def test_separable_mse_strided_weights_and_blocks(small_blocks):
+    """H·W = 300 over blocks of 128 pixels; a transposed float16 channel weight, a float64 spatial
+    weight expanded over N (stride 0), channel-sliced features."""
+    big_s, big_t, _ = features(2, 9, 15, 20, torch.float32, seed=21)
+    gen = torch.Generator().manual_seed(21)
+    ws = torch.rand(1, 15, 20, generator=gen, dtype=torch.float64).to(DEVICE).expand(2, 15, 20)
+    wc = torch.rand(5, 2, generator=gen).to(DEVICE).half().t()
+    for reduction in REDUCTIONS:
+        check_against_reference("separable_weighted_mse", big_s[:, 2:7], (big_t[:, 4:9], ws),
+                                dict(channel_weight=wc, reduction=reduction), torch.float32)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_separable_mse_zero_weights_are_exact(reduction):
+    """Zero spatial or channel weights with ±inf/NaN features there: loss and gradient equal those
+    of the clean features (exactly 0 there)."""
+    s, t, ws = features(2, 3, 4, 5, torch.float32, seed=22)
+    wc = torch.rand(2, 3, generator=torch.Generator().manual_seed(22)).to(DEVICE)
+    ws[0, 1, :], wc[1, 2] = 0.0, 0.0
+    zero = (ws.unsqueeze(1) * wc[:, :, None, None] == 0).expand_as(s)
+    bad_s, bad_t = s.clone(), t.clone()
+    bad_s[0, :, 1, 0], bad_t[0, 2, 1, 3], bad_s[1, 2] = float("inf"), float("nan"), float("-inf")
+    kwargs = dict(channel_weight=wc, reduction=reduction)
+    loss, grad, _ = run("separable_weighted_mse", bad_s, bad_t, ws, grad_out=1.0, **kwargs)
+    clean_loss, clean_grad, _ = run("separable_weighted_mse", s, t, ws, grad_out=1.0, **kwargs)
+    assert torch.isfinite(loss).all() and torch.equal(grad[zero], torch.zeros_like(grad[zero]))
+    torch.testing.assert_close(loss, clean_loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad, clean_grad, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
 # Autotuning: every config on its own, and every config benchmarked on one set of buffers before
 # the winner runs (the partial sums of a config with a larger tile must not mix with those a
 # config with a smaller tile left behind).
@@ -556,8 +613,10 @@ def _row_cases():
 
 def _mse_cases():
     s, t, conf = features(2, 40, 5, 7, torch.float32, seed=16)  # 80 planes: 2 to 5 plane tiles
+    cw = torch.rand(40, 2, generator=torch.Generator().manual_seed(16)).to(DEVICE).t()  # strided
     for reduction in REDUCTIONS:
         yield "confidence_masked_mse", s, (t, conf), dict(threshold=0.3, reduction=reduction)
+        yield "separable_weighted_mse", s, (t, conf), dict(channel_weight=cw, reduction=reduction)
 
 
 CASES = {"rows": _row_cases, "mse": _mse_cases}
@@ -607,7 +666,7 @@ def test_configs_back_to_back_on_one_shape(autotune, triton_env):
 
 def test_launches_run_under_the_inputs_device(triton_env, monkeypatch):
     """Every kernel launch happens inside _common.device_guard(device of the inputs)."""
-    from kdkernels.triton import _row_losses, confidence_masked_mse
+    from kdkernels.triton import _row_losses, separable_weighted_mse
 
     entered = []
 
@@ -634,14 +693,15 @@ def test_launches_run_under_the_inputs_device(triton_env, monkeypatch):
 
     real_wrap_triton = _row_losses.wrap_triton
     monkeypatch.setattr(triton_env._common, "device_guard", guard)
-    for module in (_row_losses, confidence_masked_mse):
+    for module in (_row_losses, separable_weighted_mse):
         monkeypatch.setattr(module, "wrap_triton", checked_wrap_triton)
     s, t, w = logits(5, 6, torch.float32)
     fs, ft, conf = features(1, 2, 3, 3, torch.float32)
     call("soft_label_kl", s, t, weight=w)
     call("adaptive_distillation_loss", s, t, reduction="none")
     call("confidence_masked_mse", fs, ft, conf, compute_grad=True)
-    assert launches == [[s.device]] * 3
+    call("separable_weighted_mse", fs, ft, conf, channel_weight=torch.rand(1, 2, device=fs.device))
+    assert launches == [[s.device]] * 4
 
 
 def test_device_guard_selects_the_device(triton_env):
@@ -696,6 +756,7 @@ def test_shared_backward():
 def _op_samples():
     s, t, w = logits(6, 9, torch.float32, seed=9)
     fs, ft, conf = features(2, 3, 4, 5, torch.float32, seed=9)
+    cw = torch.rand(2, 3, device=DEVICE)
     s.requires_grad_()
     fs.requires_grad_()
     return [
@@ -703,8 +764,9 @@ def _op_samples():
         ("soft_label_kl", (s, t, None, 1.0, "sigmoid", "none", 1e-6, True)),
         ("adaptive_distillation_loss", (s, t, w, 2.0, 1.0, 2.0, "sigmoid", False, "sum", 1e-6, True)),
         ("adaptive_distillation_loss", (s, t, None, 1.0, 1.0, 1.0, "softmax", True, "none", 1e-6, True)),
-        ("confidence_masked_mse", (fs, ft, conf, 0.3, 1.0, "mean", 1e-6, True)),
-        ("confidence_masked_mse", (fs, ft, conf, 0.0, 2.0, "none", 1e-6, True)),
+        ("separable_weighted_mse", (fs, ft, conf, None, "mean", 1e-6, True)),
+        ("separable_weighted_mse", (fs, ft, conf, cw, "none", 1e-6, True)),
+        ("separable_weighted_mse", (fs.detach(), ft, conf, cw, "sum", 1e-6, False)),
     ]
 
 
@@ -721,11 +783,12 @@ def test_torch_compile_fullgraph():
     backend = "inductor" if CUDA else "aot_eager"
     s, t, w = logits(8, 12, torch.float32, seed=10)
     fs, ft, conf = features(2, 3, 4, 5, torch.float32, seed=10)
+    cw = torch.rand(2, 3, device=DEVICE)
 
     def total(s, t, w, fs):  # the native schema's arguments, as the public ops pass them
         kl, _ = fused("soft_label_kl")(s, t, w, 2.0, "softmax", "mean", 1e-6, True)
         adl, _ = fused("adaptive_distillation_loss")(s, t, w, 1.0, 1.0, 2.0, "sigmoid", False, "mean", 1e-6, True)
-        mse, _ = fused("confidence_masked_mse")(fs, ft, conf, 0.3, 1.0, "mean", 1e-6, True)
+        mse, _ = fused("separable_weighted_mse")(fs, ft, conf, cw, "mean", 1e-6, True)
         return (kl + adl * 0.5 + mse) * 2
 
     torch._dynamo.reset()
@@ -803,7 +866,7 @@ def test_gpu_deterministic():
 _AOT_SCRIPT = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
-from kdkernels.triton import _common, _row_losses as RL, confidence_masked_mse as MM
+from kdkernels.triton import _common, _row_losses as RL, separable_weighted_mse as MM
 assert not type(RL._row_loss_kernel.fn).__name__.startswith("Interpreted")
 target = GPUTarget("cuda", 90, 32)
 
@@ -830,15 +893,15 @@ for dt, softmax, adaptive, rows, one in [("fp32", True, True, False, True),
                       BLOCK_K=block_k, ONE_BLOCK=one, PART=512 // block_k, TILE=tile)
         build(RL._row_loss_kernel, sig, consts, warps)
 
-for dt, out in [("bf16", True), ("fp32", False)]:
+for dt, out, cw in [("bf16", True, True), ("fp32", False, False), ("fp32", False, True)]:
     for tile, warps in _common._GPU_TILES["mse"]:
-        sig = dict(s_ptr="*" + dt, t_ptr="*" + dt, m_ptr="*fp32", keep_ptr="*i1", inv_norm_ptr="*fp32",
+        sig = dict(s_ptr="*" + dt, t_ptr="*" + dt, ws_ptr="*fp32", wc_ptr="*fp16", inv_norm_ptr="*fp32",
                    out_ptr="*" + dt, grad_ptr="*" + dt, partial_ptr="*fp32", NC="i32", C="i32",
                    HW="i32", stride_sn="i32", stride_sc="i32", stride_tn="i32", stride_tc="i32",
-                   num_part_p="i32")
-        consts = dict(HAS_NORM=not out, WRITE_OUT=out, WRITE_GRAD=True, ACC=tl.float32,
+                   stride_wn="i32", stride_wc="i32", num_part_p="i32")
+        consts = dict(HAS_CW=cw, HAS_NORM=not out, WRITE_OUT=out, WRITE_GRAD=True, ACC=tl.float32,
                       BLOCK_HW=256, PART=4, TILE=tile)
-        build(MM._masked_mse_kernel, sig, consts, warps)
+        build(MM._separable_mse_kernel, sig, consts, warps)
 print("ok")
 """
 

@@ -97,35 +97,29 @@ struct RowLossArgs {
   }
 };
 
-// The schema arguments of confidence_masked_mse, checked; any backend.
-struct MaskedMseArgs {
+// The schema arguments of separable_weighted_mse, checked; any backend.
+struct SeparableMseArgs {
   const char* op;
-  double threshold;
-  double power;
   Reduction reduction;
   double eps;
   bool compute_grad;
 
-  static MaskedMseArgs parse(double threshold, double power, c10::string_view reduction,
-                             double eps, bool compute_grad) {
-    const char* op = "kdkernels.confidence_masked_mse";
-    return {op,
-            check_finite(threshold, op, "threshold"),
-            check_finite(power, op, "power"),
-            parse_reduction(reduction, op),
-            check_positive(eps, op, "eps"),
-            compute_grad};
+  static SeparableMseArgs parse(c10::string_view reduction, double eps, bool compute_grad) {
+    const char* op = "kdkernels.separable_weighted_mse";
+    return {op, parse_reduction(reduction, op), check_positive(eps, op, "eps"), compute_grad};
   }
 };
 
-// (N, C, H·W) of confidence_masked_mse's inputs, after the metadata checks (shapes, dtypes,
+// (N, C, H·W) of separable_weighted_mse's inputs, after the metadata checks (shapes, dtypes,
 // devices; no data is read).
 struct FeatureShape {
   int64_t N, C, HW;
 };
 
-inline FeatureShape check_masked_mse_inputs(const at::Tensor& student, const at::Tensor& teacher,
-                                            const at::Tensor& confidence, const char* op) {
+inline FeatureShape check_separable_inputs(const at::Tensor& student, const at::Tensor& teacher,
+                                           const at::Tensor& spatial_weight,
+                                           const std::optional<at::Tensor>& channel_weight,
+                                           const char* op) {
   TORCH_CHECK_VALUE(student.dim() == 4 && student.sizes() == teacher.sizes(), op,
                     ": student and teacher must be (N, C, H, W) of one shape, got ",
                     student.sizes(), " and ", teacher.sizes());
@@ -133,14 +127,26 @@ inline FeatureShape check_masked_mse_inputs(const at::Tensor& student, const at:
                    ": student and teacher must share a dtype, got ", student.scalar_type(),
                    " and ", teacher.scalar_type());
   TORCH_CHECK_TYPE(at::isFloatingType(student.scalar_type()) &&
-                       at::isFloatingType(confidence.scalar_type()),
-                   op, ": student, teacher and confidence must be floating tensors");
-  TORCH_CHECK_VALUE(teacher.device() == student.device() && confidence.device() == student.device(),
-                    op, ": teacher and confidence must be on student's device ", student.device());
+                       at::isFloatingType(spatial_weight.scalar_type()),
+                   op, ": student, teacher and spatial_weight must be floating tensors");
+  TORCH_CHECK_VALUE(teacher.device() == student.device() &&
+                        spatial_weight.device() == student.device(),
+                    op, ": teacher and spatial_weight must be on student's device ",
+                    student.device());
   const FeatureShape sh{student.size(0), student.size(1), student.size(2) * student.size(3)};
-  TORCH_CHECK_VALUE(confidence.numel() == sh.N * sh.HW, op,
-                    ": confidence must hold N*H*W = ", sh.N * sh.HW, " values, got shape ",
-                    confidence.sizes());
+  TORCH_CHECK_VALUE(spatial_weight.numel() == sh.N * sh.HW, op,
+                    ": spatial_weight must hold N*H*W = ", sh.N * sh.HW, " values, got shape ",
+                    spatial_weight.sizes());
+  if (channel_weight.has_value() && channel_weight->defined()) {
+    const at::Tensor& wc = *channel_weight;
+    TORCH_CHECK_VALUE(wc.dim() == 2 && wc.size(0) == sh.N && wc.size(1) == sh.C, op,
+                      ": channel_weight must be (N, C) = (", sh.N, ", ", sh.C, "), got shape ",
+                      wc.sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(wc.scalar_type()), op,
+                     ": channel_weight must be a floating tensor, got ", wc.scalar_type());
+    TORCH_CHECK_VALUE(wc.device() == student.device(), op,
+                      ": channel_weight must be on student's device ", student.device());
+  }
   return sh;
 }
 
@@ -190,10 +196,10 @@ inline double clamp_eps(double eps, at::ScalarType acc) {
   return acc == at::kDouble ? clamp_eps<double>(eps) : static_cast<double>(clamp_eps<float>(eps));
 }
 
-// The mean's denominator mult · max(sum, eps), where `sum` is the normaliser (Σ m of the masked
-// MSE, Σ w_r or R of the row losses). Returns exactly 0 when the normaliser is exactly 0 (empty
-// mask, all-zero weights, no rows): the caller then returns a loss of 0 and an all-zero gradient,
-// whatever eps is. Otherwise the result is > 0 (eps from clamp_eps), or NaN for a NaN sum (NaN is
+// The mean's denominator mult · max(sum, eps), where `sum` is the normaliser (Σ w_s of the
+// separable MSE, Σ w_r or R of the row losses). Returns exactly 0 when the normaliser is exactly 0
+// (empty mask, all-zero weights, no rows): the caller then returns a loss of 0 and an all-zero
+// gradient, whatever eps is. Otherwise the result is > 0 (eps from clamp_eps), or NaN for a NaN sum (NaN is
 // propagated, never hidden by the max).
 template <typename T>
 C10_HOST_DEVICE inline T mean_denominator(T sum, T eps, T mult) {

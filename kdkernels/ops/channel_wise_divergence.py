@@ -23,6 +23,7 @@ def channel_wise_divergence(student: torch.Tensor, teacher: torch.Tensor, *, tem
         This is ``soft_label_kl`` on the (N·C, H·W) rows: the same fused kernel (a non-contiguous
         input is copied once by the reshape). Accumulates in float32 (float64 for float64).
     """
+    student, teacher = V.autocast_pair(student, teacher)
     V.feature_tensors(student, teacher)
     temperature = V.positive(temperature, "temperature")
     V.choice(reduction, "reduction", V.REDUCTIONS)

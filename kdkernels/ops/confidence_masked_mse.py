@@ -3,23 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend, _native, _validate as V, reference
-from ._registration import call_fused, register_loss_autograd
-
-if _native.HAS_NATIVE:
-    @torch.library.register_fake("kdkernels::confidence_masked_mse")
-    def _confidence_masked_mse_fake(student, teacher, confidence, threshold, power, reduction, eps,
-                                    compute_grad):
-        """(N, C, H, W) features, (N, H, W) confidence → (loss: () or (N, C, H, W), grad)."""
-        torch._check(student.dim() == 4, lambda: "confidence_masked_mse: student must be (N, C, H, W)")
-        torch._check(student.shape == teacher.shape,
-                     lambda: "confidence_masked_mse: student and teacher shapes differ")
-        n, _, h, w = student.shape
-        torch._check(confidence.shape == (n, h, w),
-                     lambda: f"confidence_masked_mse: confidence must be (N, H, W) = {(n, h, w)}")
-        return V.fake_loss_and_grad(student, student.shape, reduction, compute_grad)
-
-    register_loss_autograd("kdkernels::confidence_masked_mse")
+from .. import _validate as V, reference
+from .separable_weighted_mse import fused_separable_mse
 
 
 def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, confidence: torch.Tensor, *,
@@ -39,8 +24,11 @@ def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, confiden
     Formula:
         m[n,h,w] = conf^power · [conf ≥ threshold];  l[n,c,h,w] = m · (s − t)²
         mean = Σ l / (C · max(Σ m, eps)),  sum = Σ l,  none = l (N, C, H, W).
-        An all-zero mask gives 0 and a zero gradient. Accumulates in float32 (float64 for float64);
-        the result has the input dtype. Under autocast a bf16/fp32 pair is promoted to fp32.
+        = ``separable_weighted_mse(s, t, m)``: the mask (N·H·W values) is computed first, then the
+        fused separable kernel runs on it. A pixel with m = 0 (masked out, or conf = 0) adds exactly
+        0 whatever its features; a NaN confidence gives NaN. An all-zero mask gives 0 and a zero
+        gradient. Accumulates in float32 (float64 for float64); the result has the input dtype.
+        Under autocast a bf16/fp32 pair is promoted to fp32.
 
     Example:
         >>> conf = kdkernels.confidence_map(teacher_cls_p3, num_anchors=9)       # (N, H, W)
@@ -52,9 +40,8 @@ def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, confiden
     power = V.number(power, "power")
     V.choice(reduction, "reduction", V.REDUCTIONS)
     eps = V.positive(eps, "eps")
-    backend = _backend.resolve(student.device, "confidence_masked_mse")
-    if backend == "reference":
-        return reference.confidence_masked_mse(student, teacher, conf, threshold=threshold,
-                                               power=power, reduction=reduction, eps=eps)
-    return call_fused(backend, "confidence_masked_mse", student, teacher.detach(), conf, threshold,
-                      power, reduction, eps)
+    # the (N, H, W) mask in the accumulation dtype, then the fused separable kernel with it as the
+    # spatial weight: no value check of the mask (a NaN confidence gives NaN, NaN in → NaN out)
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    mask = reference._confidence_mask(conf, threshold, power, acc)
+    return fused_separable_mse("confidence_masked_mse", student, teacher, mask, None, reduction, eps)

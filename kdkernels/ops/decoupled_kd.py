@@ -33,6 +33,7 @@ def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     NCKD runs on the fused ``soft_label_kl`` kernel (target logit shifted by −1000, as MMRazor
     does); TCKD needs two log-sum-exps per row, in PyTorch.
     """
+    student_logits, teacher_logits = V.autocast_pair(student_logits, teacher_logits)
     s, t, gt = V.dkd_inputs(student_logits, teacher_logits, labels)
     alpha = V.non_negative(alpha, "alpha")
     beta = V.non_negative(beta, "beta")

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import PEER_KEYS, ConfigError, load_config
 
 STAGES = ("teacher", "baseline", "distill")
 
@@ -47,6 +47,9 @@ def config_hash(cfg, mode: str) -> str:
     if mode != "distill":
         d.pop("distill")
     else:
+        if d["distill"]["method"] == "thesis":  # as before the peer presets existed: same hash, results kept
+            for k in PEER_KEYS:
+                d["distill"].pop(k)
         stamp = Path(cfg.distill.teacher_checkpoint or Path(cfg.out_dir) / "teacher" / "model.pt").with_name(
             "config_hash.txt")
         d["teacher_stamp"] = stamp.read_text().strip() if stamp.is_file() else None

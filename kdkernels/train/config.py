@@ -102,6 +102,25 @@ class DistillConfig:
     adl_gamma: float = 2.0
     adl_variant: str = "paper"                   # paper (KL) | code (KL + H, authors' Caffe2 op)
     teacher_checkpoint: typing.Optional[str] = None   # default: <out_dir>/teacher/model.pt
+    # Which KD terms (kdkernels/train/peers.py, METHOD.md "Peer presets"): thesis (the terms above) |
+    # cwd | pkd | fgd | fgd_conf. A peer preset is the detection loss + that peer's published feature
+    # loss(es) only; `peer_thesis_terms` adds thesis terms to it (kl, unlabeled, feat, loc, with their
+    # weights above). method_weight scales every published weight of the peer (the efficacy tuning knob).
+    method: str = "thesis"
+    method_weight: float = 1.0
+    peer_thesis_terms: typing.List[str] = field(default_factory=list)
+    # CWD (Shu et al. 2021; MMRazor ChannelWiseDivergence, its RetinaNet FPN config): tau, loss_weight
+    cwd_tau: float = 1.0
+    cwd_weight: float = 10.0
+    # PKD (Cao et al. 2022; MMRazor PKDLoss, its RetinaNet FPN config): loss_weight
+    pkd_weight: float = 10.0
+    # FGD (Yang et al. 2022; yzd-v/FGD RetinaNet configs): temp, alpha (fg), beta (bg), gamma
+    # (attention), lambda (global relation)
+    fgd_temp: float = 0.5
+    fgd_alpha: float = 0.001
+    fgd_beta: float = 0.0005
+    fgd_gamma: float = 0.0005
+    fgd_lambda: float = 0.000005
 
 
 @dataclass
@@ -133,14 +152,25 @@ CHOICES = {
     "distill.feat_region": ("confidence", "gt"),
     "distill.unlabeled_loss": ("adl", "kl"),
     "distill.adl_variant": ("paper", "code"),
+    "distill.method": ("thesis", "cwd", "pkd", "fgd", "fgd_conf"),
+}
+# The peer-preset keys (added after the thesis's): they do not change a thesis run, so a thesis run's
+# config hash leaves them out and a checkpoint written before they existed reads them at their defaults.
+PEER_KEYS = ("method", "method_weight", "peer_thesis_terms", "cwd_tau", "cwd_weight", "pkd_weight", "fgd_temp",
+             "fgd_alpha", "fgd_beta", "fgd_gamma", "fgd_lambda")
+# list keys whose items must be one of these (each at most once)
+ITEM_CHOICES = {
+    "distill.peer_thesis_terms": ("kl", "unlabeled", "feat", "loc"),
 }
 POSITIVE = {"data.image_size", "data.num_train", "data.num_val", "data.max_objects", "data.max_size_frac",
             "train.iterations", "train.batch_size", "train.lr", "train.log_every",
-            "train.ckpt_every", "distill.temperature", "eval.batch_size"}
+            "train.ckpt_every", "distill.temperature", "eval.batch_size", "distill.cwd_tau", "distill.fgd_temp"}
 NON_NEGATIVE = {"train.num_threads", "data.num_unlabeled", "data.clutter", "data.noise_std", "train.unlabeled_batch_size", "train.unlabeled_every", "train.warmup_iters",
                 "train.weight_decay", "train.momentum", "train.grad_clip", "distill.kl_weight",
                 "distill.feat_weight", "distill.loc_weight", "distill.adl_weight", "distill.adl_beta",
-                "distill.adl_gamma", "distill.feat_power"}
+                "distill.adl_gamma", "distill.feat_power", "distill.method_weight", "distill.cwd_weight",
+                "distill.pkd_weight", "distill.fgd_alpha", "distill.fgd_beta", "distill.fgd_gamma",
+                "distill.fgd_lambda"}
 UNIT = {"data.max_size_frac", "data.max_occlusion", "data.overlap_prob", "distill.feat_threshold", "distill.loc_threshold", "eval.score_thresh"}
 
 
@@ -207,6 +237,12 @@ def validate(cfg: Config) -> Config:
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
+    for key, choices in ITEM_CHOICES.items():
+        for item in flat[key]:
+            if item not in choices:
+                raise ConfigError(f"{key}: unknown item {item!r} (one of {', '.join(choices)})")
+        if len(set(flat[key])) != len(flat[key]):
+            raise ConfigError(f"{key} has duplicates: {flat[key]}")
     for key in POSITIVE:
         if not flat[key] > 0:
             raise ConfigError(f"{key} must be > 0, got {flat[key]!r}")

@@ -1,7 +1,9 @@
 """The distillation terms of METHOD.md's trainer section, every one through the kdkernels ops.
 
+distill.method = thesis (default):
 Labeled batch:   L = L_det + λ_kl·KL_conf + λ_feat·Σ_levels MSE_conf + λ_loc·LOC_conf
 Unlabeled batch: L =         λ_adl·ADL    + λ_feat·Σ_levels MSE_conf + λ_loc·LOC_conf
+The peer presets (cwd, pkd, fgd, fgd_conf) live in peers.py; distill_losses dispatches on the method.
 """
 from __future__ import annotations
 
@@ -71,18 +73,45 @@ def code_variant_adl(cls_s, cls_t, cfg: DistillConfig):
     return T * T * (weight * ce).sum() / torch.sigmoid(cls_t.detach().float()).pow(1.8).sum().clamp_min(1.0)
 
 
+THESIS_TERMS = ("kl", "unlabeled", "feat", "loc")
+
+
+def needs_adapted_features(cfg: DistillConfig, labeled: bool) -> bool:
+    """Whether a batch's KD terms use the student's adapted FPN features (the trainer adapts them
+    inside the DDP-wrapped forward then)."""
+    if cfg.method != "thesis":
+        return True  # every peer preset imitates FPN features (fgd on unlabeled batches: attention, relation)
+    return cfg.feat_weight > 0 and (cfg.feat_region == "confidence" or labeled)
+
+
 def distill_losses(s: DetectorOutputs, t: DetectorOutputs, adapter: FeatureAdapter, cfg: DistillConfig,
-                   *, labeled: bool, targets=None) -> dict:
-    """The weighted KD terms for one batch (a dict of scalar tensors; zero-weight terms are skipped)."""
+                   *, labeled: bool, targets=None, peer_modules=None, image_sizes=None) -> dict:
+    """The weighted KD terms for one batch (a dict of scalar tensors; zero-weight terms are skipped).
+    distill.method other than thesis: the peer preset's terms (peers.py) plus the thesis terms named
+    in distill.peer_thesis_terms; `peer_modules` / `image_sizes` go to peers.peer_losses."""
+    if cfg.method == "thesis":
+        return thesis_losses(s, t, adapter, cfg, labeled=labeled, targets=targets)
+    from .peers import peer_losses
+    losses = peer_losses(s, t, adapter, cfg, labeled=labeled, targets=targets, modules=peer_modules,
+                         image_sizes=image_sizes)
+    if cfg.peer_thesis_terms:
+        losses.update(thesis_losses(s, t, adapter, cfg, labeled=labeled, targets=targets,
+                                    terms=tuple(cfg.peer_thesis_terms)))
+    return losses
+
+
+def thesis_losses(s: DetectorOutputs, t: DetectorOutputs, adapter: FeatureAdapter, cfg: DistillConfig,
+                  *, labeled: bool, targets=None, terms=THESIS_TERMS) -> dict:
+    """The thesis's terms (`terms`: a subset of THESIS_TERMS) for one batch."""
     losses = {}
     n, k = s.cls_logits.shape[0], s.cls_logits.shape[-1]
     cls_s, cls_t = s.cls_logits.reshape(-1, k), t.cls_logits.reshape(-1, k)
     conf = kdkernels.teacher_confidence(cls_t)  # (N·anchors,), no grad
-    if labeled and cfg.kl_weight > 0:
+    if labeled and cfg.kl_weight > 0 and "kl" in terms:
         weight = conf if cfg.kl_confidence_weighting else None
         losses["kd_kl"] = cfg.kl_weight * kdkernels.soft_label_kl(
             cls_s, cls_t, temperature=cfg.temperature, mode="sigmoid", weight=weight)
-    if not labeled and cfg.adl_weight > 0:
+    if not labeled and cfg.adl_weight > 0 and "unlabeled" in terms:
         if cfg.unlabeled_loss == "kl":
             losses["kd_unlabeled"] = cfg.adl_weight * kdkernels.soft_label_kl(
                 cls_s, cls_t, temperature=cfg.temperature, mode="sigmoid",
@@ -95,7 +124,7 @@ def distill_losses(s: DetectorOutputs, t: DetectorOutputs, adapter: FeatureAdapt
                 mode="sigmoid", reduction="sum")
             norm = torch.sigmoid(cls_t.float()).pow(1.8).sum().clamp_min(1.0)
             losses["kd_unlabeled"] = cfg.adl_weight * adl / norm
-    if cfg.feat_weight > 0:
+    if cfg.feat_weight > 0 and "feat" in terms:
         if cfg.feat_region == "gt":
             if not labeled:
                 regions = None  # no boxes on unlabeled images: the GT baseline cannot imitate there
@@ -105,11 +134,11 @@ def distill_losses(s: DetectorOutputs, t: DetectorOutputs, adapter: FeatureAdapt
             regions = level_confidence(t.cls_logits, t.level_shapes, t.num_anchors)
         if regions is not None:
             adapted = s.adapted if s.adapted is not None else adapter(s.features)
-            terms = [kdkernels.confidence_masked_mse(fs, ft, r, threshold=cfg.feat_threshold,
-                                                     power=cfg.feat_power if cfg.feat_region == "confidence" else 0.0)
-                     for fs, ft, r in zip(adapted, t.features, regions)]
-            losses["kd_feat"] = cfg.feat_weight * torch.stack(terms).sum()
-    if cfg.loc_weight > 0:
+            per_level = [kdkernels.confidence_masked_mse(fs, ft, r, threshold=cfg.feat_threshold,
+                                                         power=cfg.feat_power if cfg.feat_region == "confidence" else 0.0)
+                         for fs, ft, r in zip(adapted, t.features, regions)]
+            losses["kd_feat"] = cfg.feat_weight * torch.stack(per_level).sum()
+    if cfg.loc_weight > 0 and "loc" in terms:
         # box deltas as a (N, 4, anchors, 1) "feature", the anchor's teacher confidence as the mask
         box_s = s.bbox_regression.permute(0, 2, 1).unsqueeze(-1)
         box_t = t.bbox_regression.permute(0, 2, 1).unsqueeze(-1)

@@ -149,6 +149,7 @@ class DetectorOutputs:
     losses: dict              # detection losses (empty without targets)
     image_sizes: list
     adapted: typing.Optional[list] = None  # student features through the KD adapter (trainer)
+    relation: typing.Optional[list] = None  # FGD presets: [(GcBlock_s(adapted), GcBlock_t(teacher))] per level
 
 
 def forward_detector(model: nn.Module, images, targets=None) -> DetectorOutputs:

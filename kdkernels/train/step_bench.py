@@ -24,6 +24,7 @@ import kdkernels
 from .checkpoint import CheckpointError, load_verified
 from .distill import FeatureAdapter, distill_losses
 from .models import build_detector, forward_detector
+from .peers import build_peer_modules
 from .trainer import autocast_for, labeled_dataset, resolve_device, set_threads, unlabeled_dataset
 
 
@@ -53,7 +54,9 @@ class _Bench:
         self.trained_teacher = self._load_teacher()
         self.adapter = FeatureAdapter(self.student.backbone.out_channels,
                                       self.teacher.backbone.out_channels).to(self.device)
-        self.opt = torch.optim.SGD(list(self.student.parameters()) + list(self.adapter.parameters()), lr=1e-4)
+        self.peer = build_peer_modules(cfg.distill, self.teacher.backbone.out_channels, len(cfg.model.anchor_sizes))
+        extra = [] if self.peer is None else list(self.peer.to(self.device).parameters())
+        self.opt = torch.optim.SGD(list(self.student.parameters()) + list(self.adapter.parameters()) + extra, lr=1e-4)
         batch = [data[i % len(data)] for i in range(cfg.train.batch_size)]
         self.images = [b[0].to(self.device) for b in batch]
         self.targets = [{kk: (v.to(self.device) if torch.is_tensor(v) else v) for kk, v in b[1].items()}
@@ -91,7 +94,7 @@ class _Bench:
             if kd is not None:
                 with kdkernels.use_backend(kd):
                     loss = loss + sum(distill_losses(s, t, self.adapter, self.cfg.distill, labeled=labeled,
-                                                     targets=tg).values())
+                                                     targets=tg, peer_modules=self.peer).values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -111,7 +114,8 @@ class _Bench:
         _sync(self.device)
         t0 = time.perf_counter()
         with autocast_for(self.cfg, self.device), kdkernels.use_backend(kd):
-            loss = sum(distill_losses(s, t, self.adapter, self.cfg.distill, labeled=labeled, targets=tg).values())
+            loss = sum(distill_losses(s, t, self.adapter, self.cfg.distill, labeled=labeled, targets=tg,
+                                      peer_modules=self.peer).values())
         loss.backward()
         _sync(self.device)
         return time.perf_counter() - t0

@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_text, load_latest, load_verified,  # noqa: F401
                          previous_path, save_checkpoint, save_verified)
-from .config import Config
+from .config import PEER_KEYS, Config, DistillConfig
 from .data import CocoDetection, ImageFolder, check_same_categories
-from .distill import FeatureAdapter, distill_losses
+from .distill import FeatureAdapter, distill_losses, needs_adapted_features
+from .peers import build_peer_modules
 from .models import build_detector, forward_detector
 
 MODES = ("teacher", "baseline", "distill")
@@ -221,17 +222,24 @@ def load_model_file(path: Path, cfg: Config, preset: str, num_classes: int, devi
 
 
 class StudentWithAdapter(nn.Module):
-    """One module for DDP: forward returns the detector outputs (and adapted features on demand)."""
+    """One module for DDP: forward returns the detector outputs (and adapted features on demand).
+    `peer`: the trainable modules of a peer preset (FGD's GcBlocks, peers.FGDRelation) or None; they
+    run inside forward on the adapted student and the given teacher features, so DDP sees them,
+    the optimizer holds them and checkpoints save them (state-dict keys peer.*)."""
 
-    def __init__(self, detector: nn.Module, adapter: FeatureAdapter | None):
+    def __init__(self, detector: nn.Module, adapter: FeatureAdapter | None, peer: nn.Module | None = None):
         super().__init__()
         self.detector = detector
         self.adapter = adapter if adapter is not None else FeatureAdapter(1, 1)
+        if peer is not None:  # no attribute otherwise: the thesis method's checkpoints keep their keys
+            self.peer = peer
 
-    def forward(self, images, targets=None, adapt: bool = False):
+    def forward(self, images, targets=None, adapt: bool = False, teacher_features=None):
         out = forward_detector(self.detector, images, targets)
         if adapt:  # inside forward, so DDP sees the adapter's parameters in the graph
             out.adapted = self.adapter(out.features)
+            if teacher_features is not None and hasattr(self, "peer"):
+                out.relation = self.peer(out.adapted, teacher_features)
         return out
 
 
@@ -263,6 +271,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def resume_differences(state: dict, cfg: Config, mode: str, teacher_id=None) -> list:
     """The config keys (and 'teacher') in which a checkpoint differs from this run; [] if it can resume."""
     have, want = _flatten(state.get("config", {})), _flatten(cfg.to_dict())
+    if "distill.temperature" in have and "distill.method" not in have:
+        # written before the peer presets existed: the thesis method, the peer keys at their defaults
+        defaults = DistillConfig()
+        have.update({f"distill.{k}": getattr(defaults, k) for k in PEER_KEYS})
     skip = RESUME_FREE | {k for k in want if k.startswith("eval.")}
     if mode != "distill":
         skip |= {k for k in want if k.startswith("distill.")}
@@ -415,7 +427,7 @@ def _build_models(run: Run) -> None:
                                   anchor_sizes=tuple(cfg.model.anchor_sizes), weights_path=weights,
                                   head_norm=cfg.model.head_norm, score_thresh=cfg.eval.score_thresh,
                                   detections_per_img=cfg.eval.detections_per_img).to(device)
-    adapter = None
+    adapter = peer = None
     if mode == "distill":
         tpath = Path(cfg.distill.teacher_checkpoint or model_dir(cfg, "teacher") / "model.pt")
         run.teacher = load_model_file(tpath, cfg, cfg.model.teacher, num_classes, device,
@@ -424,7 +436,8 @@ def _build_models(run: Run) -> None:
             p.requires_grad_(False)
         adapter = FeatureAdapter(run.detector.backbone.out_channels, run.teacher.backbone.out_channels).to(device)
         run.teacher_id = _file_id(tpath)
-    run.module = StudentWithAdapter(run.detector, adapter).to(device)
+        peer = build_peer_modules(cfg.distill, run.teacher.backbone.out_channels, len(cfg.model.anchor_sizes))
+    run.module = StudentWithAdapter(run.detector, adapter, peer).to(device)
     run.wrapped = run.module
     if run.env.world > 1:
         run.wrapped = nn.parallel.DistributedDataParallel(run.module, find_unused_parameters=True)
@@ -558,6 +571,7 @@ def _train_step(run: Run, it: int):
     loss = sum(losses.values())
     if run.env.world > 1:  # DDP: every output must reach the loss, or the reducer waits for it
         outs = [s_out.cls_logits, s_out.bbox_regression] + list(s_out.adapted or [])
+        outs += [g for pair in (s_out.relation or []) for g in pair]
         loss = loss + 0.0 * sum(o.float().sum() for o in outs)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"[{run.mode}] non-finite loss at iteration {it}: "
@@ -573,16 +587,21 @@ def _train_step(run: Run, it: int):
 def _step_losses(run: Run, images, targets):
     """The loss terms of one batch (targets None: unlabeled) and the student's outputs."""
     dc, is_unlabeled = run.cfg.distill, targets is None
-    adapt = run.teacher is not None and dc.feat_weight > 0 and (dc.feat_region == "confidence" or not is_unlabeled)
+    adapt = run.teacher is not None and needs_adapted_features(dc, labeled=not is_unlabeled)
     with autocast_for(run.cfg, run.device):
-        s_out = run.wrapped(images, targets, adapt=adapt)
-        losses = {} if is_unlabeled else {f"det_{k}": v for k, v in s_out.losses.items()}
-        if run.teacher is not None:
+        t_out = None
+        if run.teacher is not None:  # first: the peer modules (GcBlocks) take the teacher's features
             with torch.inference_mode():
                 t_out = forward_detector(run.teacher, images)
             t_out = _clone_outputs(t_out)
-            losses.update(distill_losses(s_out, t_out, run.module.adapter, dc,
-                                         labeled=not is_unlabeled, targets=targets))
+        peer = getattr(run.module, "peer", None)
+        s_out = run.wrapped(images, targets, adapt=adapt,
+                            teacher_features=t_out.features if peer is not None and adapt else None)
+        losses = {} if is_unlabeled else {f"det_{k}": v for k, v in s_out.losses.items()}
+        if t_out is not None:
+            losses.update(distill_losses(s_out, t_out, run.module.adapter, dc, labeled=not is_unlabeled,
+                                         targets=targets, peer_modules=peer,
+                                         image_sizes=[tuple(im.shape[-2:]) for im in images]))
     return losses, s_out
 
 

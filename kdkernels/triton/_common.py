@@ -44,7 +44,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # TILE = elements per program (a BLOCK_R × BLOCK_K tile, BLOCK_R = TILE // BLOCK_K), with its
 # num_warps. Chosen from ptxas register counts for sm_90 (no spills; the row kernel's exp/log
-# temporaries need <= 8 elements per thread, the masked MSE <= 16):
+# temporaries need <= 8 elements per thread, the weighted MSE <= 16):
 #   row kernel (fp32, ADL, grad): 512/4: 64 regs, 1024/8: 76, 2048/8: 108-171; 4096/8 spills.
 # Every TILE is a power of two, so each is a multiple of the smallest (see store_partials).
 _GPU_TILES = {

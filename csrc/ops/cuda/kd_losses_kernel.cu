@@ -1,21 +1,21 @@
 // CUDA kernels for the three loss ops (one translation unit: each .cu with torch headers costs
 // ~1.5 min of compile time). Same contract and math as the CPU kernels (csrc/ops/cpu/row_losses.h,
-// confidence_masked_mse_kernel.cpp); argument parsing, checks, the mean's normaliser and the
+// separable_weighted_mse_kernel.cpp); argument parsing, checks, the mean's normaliser and the
 // bool → template dispatch are shared with them (csrc/ops/common.h). The forward writes loss
 // partials and the student gradient in one pass; backward is grad · grad_output
 // (kdkernels/ops/_registration.py).
 //
-// No host synchronisation: the normalisers (Σ m, Σ w) are reduced into device scalars, the
+// No host synchronisation: the normalisers (Σ w_s, Σ w) are reduced into device scalars, the
 // gradient scale and the final division are computed on the device (mean_scale_kernel,
 // finish_mean_kernel), so a call never stalls the stream and can be captured in a CUDA graph.
 // Values that need the data (weights finite and >= 0) are not checked here: that would need a
 // copy to the host (Python checks them with KDKERNELS_CHECK_VALUES=1).
 //
-// Reductions are deterministic: per-block (masked MSE) or per-row (KL/ADL) partials are written to
+// Reductions are deterministic: per-block (weighted MSE) or per-row (KL/ADL) partials are written to
 // a buffer and summed by at::sum, no atomics. Offsets and loop indices are int64. Loads are
 // 16-byte vectors when the row/plane length and the pointers allow it. Accumulation in float
-// (double for double). Inputs of any strides and storage offsets: student/teacher/confidence are
-// made contiguous here, the weight is read with its stride.
+// (double for double). Inputs of any strides and storage offsets: student/teacher and the feature
+// weights are made contiguous here, the row weight is read with its stride.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -135,44 +135,19 @@ at::Tensor finish_mean(const at::Tensor& total, const at::Tensor& scale, double 
   return loss;
 }
 
-// ---------------------------------------------------------------- confidence-masked MSE
-// The mask encodes "masked out" as the bit pattern +0; a kept pixel whose m is ±0 is stored as −0
-// (the same value, other bits), as in the CPU kernel. Bit operations, not float ones, so that
-// --use_fast_math cannot fold the signed zero away.
-__device__ __forceinline__ float encode_mask(bool masked_out, float m) {
-  const int b = __float_as_int(m);
-  return __int_as_float(masked_out ? 0 : (b == 0 ? static_cast<int>(0x80000000u) : b));
-}
-__device__ __forceinline__ double encode_mask(bool masked_out, double m) {
-  const long long b = __double_as_longlong(m);
-  return __longlong_as_double(
-      masked_out ? 0LL : (b == 0 ? static_cast<long long>(0x8000000000000000ull) : b));
-}
-__device__ __forceinline__ bool kept(float m) { return __float_as_int(m) != 0; }
-__device__ __forceinline__ bool kept(double m) { return __double_as_longlong(m) != 0; }
-
-// m[i] = conf^power for conf ≥ threshold or NaN (kept), +0 for conf < threshold (masked out).
-// pow in double: under --use_fast_math powf is __powf = exp2(y · log2 x), NaN for a negative base
-// even with an integer exponent; the N·H·W mask is small, so the double pow costs nothing.
-template <typename conf_t, typename acc_t>
-__global__ void mask_kernel(const conf_t* __restrict__ conf, int64_t n, acc_t thr, double power,
-                            acc_t* __restrict__ mask) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const acc_t c = static_cast<acc_t>(conf[i]);
-    const acc_t m = power == 1.0 ? c : static_cast<acc_t>(::pow(static_cast<double>(c), power));
-    mask[i] = encode_mask(c < thr, m);
-  }
-}
-
-// grid-stride over vectors of the (N, C, HW) tensor; mask index = (i / (C·HW))·HW + i % HW.
+// ---------------------------------------------------------------- separable weighted MSE
+// w = w_s[n,h,w] · w_c[n,c] (w_c = 1 without channel weights); an element with w == 0 gives
+// exactly 0 (loss and gradient) whatever its features; a NaN weight is kept and propagates.
+// Grid-stride over vectors of the (N, C, HW) tensor; plane = i / HW = n·C + c, spatial index
+// n·HW + i % HW.
 template <typename scalar_t, int VEC, bool kGrad, bool kNone>
-__global__ void masked_mse_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
-                                  const at::opmath_type<scalar_t>* __restrict__ mask, int64_t numel,
-                                  int64_t C, int64_t HW,
-                                  DeviceScalar<at::opmath_type<scalar_t>> gscale_arg,
-                                  scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
-                                  at::opmath_type<scalar_t>* __restrict__ partials) {
+__global__ void separable_mse_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
+                                     const at::opmath_type<scalar_t>* __restrict__ ws,
+                                     const at::opmath_type<scalar_t>* __restrict__ wc,
+                                     int64_t numel, int64_t C, int64_t HW,
+                                     DeviceScalar<at::opmath_type<scalar_t>> gscale_arg,
+                                     scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
+                                     at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
   const acc_t gscale = gscale_arg.get();
@@ -184,19 +159,20 @@ __global__ void masked_mse_kernel(const scalar_t* __restrict__ s, const scalar_t
     const int64_t i0 = v * VEC;
     const V sv = reinterpret_cast<const V*>(s)[v];
     const V tv = reinterpret_cast<const V*>(t)[v];
-    const int64_t hw0 = i0 % HW;
-    const acc_t* m = mask + (i0 / (C * HW)) * HW + hw0;  // VEC divides HW: one plane per vector
+    const int64_t plane = i0 / HW;  // VEC divides HW: one plane per vector
+    const acc_t* w = ws + (plane / C) * HW + (i0 - plane * HW);
+    const acc_t cw = wc ? wc[plane] : acc_t(1);
     V gv, ov;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      const acc_t mj = m[j];
-      const bool keep = kept(mj);
+      const acc_t wj = w[j] * cw;
+      const bool keep = wj != acc_t(0);  // true for NaN
       const acc_t d = static_cast<acc_t>(sv.v[j]) - static_cast<acc_t>(tv.v[j]);
-      const acc_t md = mj * d;
-      const acc_t l = keep ? md * d : acc_t(0);
+      const acc_t wd = wj * d;
+      const acc_t l = keep ? wd * d : acc_t(0);
       if constexpr (kNone) ov.v[j] = static_cast<scalar_t>(l);
       else acc += l;
-      if constexpr (kGrad) gv.v[j] = static_cast<scalar_t>(keep && !zero_grad ? gscale * md : acc_t(0));
+      if constexpr (kGrad) gv.v[j] = static_cast<scalar_t>(keep && !zero_grad ? gscale * wd : acc_t(0));
     }
     if constexpr (kGrad) reinterpret_cast<V*>(grad)[v] = gv;
     if constexpr (kNone) reinterpret_cast<V*>(out)[v] = ov;
@@ -215,40 +191,27 @@ __global__ void masked_mse_kernel(const scalar_t* __restrict__ s, const scalar_t
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> confidence_masked_mse_cuda(
-    const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& confidence,
-    double threshold, double power, c10::string_view reduction, double eps, bool compute_grad) {
-  const MaskedMseArgs a = MaskedMseArgs::parse(threshold, power, reduction, eps, compute_grad);
-  const FeatureShape sh = check_masked_mse_inputs(student, teacher, confidence, a.op);
+std::tuple<at::Tensor, at::Tensor> separable_weighted_mse_cuda(
+    const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& spatial_weight,
+    const std::optional<at::Tensor>& channel_weight, c10::string_view reduction, double eps,
+    bool compute_grad) {
+  const SeparableMseArgs a = SeparableMseArgs::parse(reduction, eps, compute_grad);
+  const FeatureShape sh = check_separable_inputs(student, teacher, spatial_weight, channel_weight, a.op);
   const c10::cuda::CUDAGuard guard(student.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t N = sh.N, C = sh.C, HW = sh.HW;
   const bool mean = a.reduction == kMean, none = a.reduction == kNone;
   const at::Tensor s = student.contiguous();
   const at::Tensor t = teacher.contiguous();
-  const at::Tensor conf = confidence.reshape({N * HW}).contiguous();
   const at::ScalarType acc_type = acc_dtype(s.scalar_type());
   const at::TensorOptions acc_options = s.options().dtype(acc_type);
-
-  at::Tensor mask = at::empty({N * HW}, acc_options);
-  if (N * HW > 0) {
-    const int blocks = static_cast<int>(std::clamp<int64_t>((N * HW + kThreads - 1) / kThreads, 1, 1024));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, conf.scalar_type(), "mask_kernel", [&] {
-      using conf_t = scalar_t;
-      if (acc_type == at::kDouble) {
-        mask_kernel<conf_t, double><<<blocks, kThreads, 0, stream>>>(
-            conf.data_ptr<conf_t>(), N * HW, a.threshold, a.power, mask.data_ptr<double>());
-      } else {
-        mask_kernel<conf_t, float><<<blocks, kThreads, 0, stream>>>(
-            conf.data_ptr<conf_t>(), N * HW, static_cast<float>(a.threshold), a.power,
-            mask.data_ptr<float>());
-      }
-    });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  // mean: scale = {2 / den, den} with den = C · max(Σ m, eps) (0 when Σ m == 0), on the device
+  // the weights as contiguous acc_t (no copy when they already are: the confidence mask), small
+  const at::Tensor ws = spatial_weight.reshape({N * HW}).contiguous().to(acc_type);
+  const bool has_wc = channel_weight.has_value() && channel_weight->defined();
+  const at::Tensor wc = has_wc ? channel_weight->reshape({N * C}).contiguous().to(acc_type) : at::Tensor();
+  // mean: scale = {2 / den, den} with den = C · max(Σ w_s, eps) (0 when Σ w_s == 0), on the device
   const at::Tensor scale =
-      mean ? mean_scale(mask.sum(), a.eps, double(std::max<int64_t>(C, 1)), 2.0, stream) : at::Tensor();
+      mean ? mean_scale(ws.sum(), a.eps, double(std::max<int64_t>(C, 1)), 2.0, stream) : at::Tensor();
 
   at::Tensor grad = compute_grad ? at::empty_like(s, at::MemoryFormat::Contiguous)
                                  : at::empty({0}, s.options());
@@ -257,21 +220,22 @@ std::tuple<at::Tensor, at::Tensor> confidence_masked_mse_cuda(
   const int blocks = static_cast<int>(std::clamp<int64_t>((numel + kThreads * 8 - 1) / (kThreads * 8), 1, 4096));
   at::Tensor partials = numel > 0 ? at::empty({blocks}, acc_options) : at::zeros({1}, acc_options);
   if (numel > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "confidence_masked_mse_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "separable_weighted_mse_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const DeviceScalar<acc_t> gscale{scale.defined() ? scale.data_ptr<acc_t>() : nullptr, acc_t(2)};
       const scalar_t* sp = s.data_ptr<scalar_t>();
       const scalar_t* tp = t.data_ptr<scalar_t>();
-      const acc_t* mp = mask.data_ptr<acc_t>();
+      const acc_t* wsp = ws.data_ptr<acc_t>();
+      const acc_t* wcp = has_wc ? wc.data_ptr<acc_t>() : nullptr;
       scalar_t* gp = compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
       scalar_t* op = none ? out.data_ptr<scalar_t>() : nullptr;
       acc_t* pp = partials.data_ptr<acc_t>();
       const bool vec4 = vec_width<scalar_t>(HW, {sp, tp, gp, op}) >= 4;
       dispatch_bools(
           [&](auto kVec4, auto kGrad, auto kNone) {
-            masked_mse_kernel<scalar_t, decltype(kVec4)::value ? 4 : 1, decltype(kGrad)::value,
-                              decltype(kNone)::value>
-                <<<blocks, kThreads, 0, stream>>>(sp, tp, mp, numel, C, HW, gscale, gp, op, pp);
+            separable_mse_kernel<scalar_t, decltype(kVec4)::value ? 4 : 1, decltype(kGrad)::value,
+                                 decltype(kNone)::value>
+                <<<blocks, kThreads, 0, stream>>>(sp, tp, wsp, wcp, numel, C, HW, gscale, gp, op, pp);
           },
           vec4, compute_grad, none);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -514,7 +478,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_distillation_loss_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kdkernels, CUDA, m) {
-  m.impl("confidence_masked_mse", &confidence_masked_mse_cuda);
+  m.impl("separable_weighted_mse", &separable_weighted_mse_cuda);
   m.impl("soft_label_kl", &soft_label_kl_cuda);
   m.impl("adaptive_distillation_loss", &adaptive_distillation_loss_cuda);
 }
