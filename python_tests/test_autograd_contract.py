@@ -28,6 +28,12 @@ OPS = {
     "adl_softmax": (_row_inputs, lambda s, t, w: kdkernels.adaptive_distillation_loss(s, t, weight=w, mode="softmax")),
     "pearson": (lambda d: (torch.randn(2, 3, 5, 4, device=d), torch.randn(2, 3, 5, 4, device=d)),
                 lambda s, t: kdkernels.pearson_feature_loss(s, t)),
+    "cwd": (lambda d: (torch.randn(2, 3, 5, 4, device=d), torch.randn(2, 3, 5, 4, device=d)),
+            lambda s, t: kdkernels.channel_wise_divergence(s, t)),
+    "ld": (_row_inputs, lambda s, t, w: kdkernels.localization_distillation(s, t, weight=w, temperature=2.0)),
+    "dkd": (lambda d: (torch.randn(6, 5, device=d) * 2, torch.randn(6, 5, device=d) * 2,
+                       torch.randint(0, 5, (6,), device=d)),
+            lambda s, t, y: kdkernels.decoupled_kd(s, t, y, beta=8.0, temperature=2.0)),
 }
 
 
@@ -155,7 +161,7 @@ def test_reference_backend_double_backward_and_jvp(op):
     make, fn = OPS[op]
     s, *rest = make("cpu")
     s = s.double().requires_grad_(True)
-    rest = [r.double() for r in rest]
+    rest = [r.double() if r.is_floating_point() else r for r in rest]
     with kdkernels.use_backend("reference"):
         assert torch.autograd.gradgradcheck(lambda x: fn(x, *rest), (s,))
         v = torch.randn_like(s)
