@@ -100,20 +100,11 @@ def plain_eager(*tensors) -> bool:
 
 
 def check_weight_values(weight, op: str, backend: str) -> None:
-    """weight must be finite and >= 0. The cpu kernel checks while it reads the weights; CUDA
-    tensors are checked only with KDKERNELS_CHECK_VALUES=1 (the check needs a host sync). Under
-    torch.compile the check is an in-graph assert, so it fires there too."""
-    if weight is None or weight.numel() == 0 or backend == "cpu":
-        return
-    if weight.device.type == "cuda" and not CHECK_VALUES_ON_CUDA:
-        return
-    message = f"kdkernels.{op}: weight must be finite and >= 0"
-    ok = (weight >= 0).all() & torch.isfinite(weight).all()
-    if not plain_eager(weight):
-        torch._assert_async(ok, message)
-    elif not bool(ok):
-        bad = weight[~((weight >= 0) & torch.isfinite(weight))]
-        raise ValueError(f"{message}, got {bad[0].item()} ({bad.numel()} bad values)")
+    """weight must be finite and >= 0. The cpu kernel checks while it reads the weights; other
+    backends go through check_values (CUDA only with KDKERNELS_CHECK_VALUES=1; an in-graph assert
+    under torch.compile)."""
+    if backend != "cpu":
+        check_values(weight, "weight", op)
 
 
 def fake_row_loss_checks(op: str, student, teacher, weight) -> None:
@@ -140,13 +131,18 @@ def feature_pair(student, teacher, confidence):
         raise ValueError(f"student must have shape (N, C, H, W), got {tuple(student.shape)}")
     same_layout(student, teacher, "student", "teacher")
     same_device(student, confidence, "student", "confidence")
+    return spatial_map(confidence, "confidence", student).detach()
+
+
+def spatial_map(x: torch.Tensor, name: str, student: torch.Tensor) -> torch.Tensor:
+    """An (N, H, W) or (N, 1, H, W) per-pixel map of the (N, C, H, W) student → (N, H, W)."""
     n, _, h, w = student.shape
-    if confidence.dim() == 4 and confidence.shape[1] == 1:
-        confidence = confidence[:, 0]
-    if tuple(confidence.shape) != (n, h, w):
-        raise ValueError(f"confidence must have shape (N, H, W) = {(n, h, w)} or (N, 1, H, W), "
-                         f"got {tuple(confidence.shape)}")
-    return confidence.detach()
+    if x.dim() == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if tuple(x.shape) != (n, h, w):
+        raise ValueError(f"{name} must have shape (N, H, W) = {(n, h, w)} or (N, 1, H, W), "
+                         f"got {tuple(x.shape)}")
+    return x
 
 
 def autocast_pair(a: torch.Tensor, b: torch.Tensor):
@@ -188,12 +184,8 @@ def separable_weights(student, teacher, spatial_weight, channel_weight):
     feature_tensors(student, teacher)
     tensor(spatial_weight, "spatial_weight")
     same_device(student, spatial_weight, "student", "spatial_weight")
-    n, c, h, w = student.shape
-    if spatial_weight.dim() == 4 and spatial_weight.shape[1] == 1:
-        spatial_weight = spatial_weight[:, 0]
-    if tuple(spatial_weight.shape) != (n, h, w):
-        raise ValueError(f"spatial_weight must have shape (N, H, W) = {(n, h, w)} or (N, 1, H, W), "
-                         f"got {tuple(spatial_weight.shape)}")
+    n, c = student.shape[:2]
+    spatial_weight = spatial_map(spatial_weight, "spatial_weight", student)
     if channel_weight is not None:
         tensor(channel_weight, "channel_weight")
         same_device(student, channel_weight, "student", "channel_weight")
