@@ -139,13 +139,14 @@ def test_cpu_preset_peer_rows_config_plumbing():
     for name in ("cwd", "pkd", "fgd", "fgd_conf"):
         cfg = efficacy.row_config(preset, rows[("full", name)], seed=1)
         thesis = efficacy.row_config(preset, rows[("full", "conf_kd")], seed=1)
-        assert cfg.distill.method == name and cfg.distill.method_weight == 1.0
+        assert cfg.distill.method == name and cfg.distill.method_weight == preset["peer_scales"][name]
         assert cfg.train == thesis.train and cfg.model == thesis.model and cfg.data == thesis.data
         assert cfg.distill.teacher_checkpoint == thesis.distill.teacher_checkpoint
         assert thesis.distill.method == "thesis"
     unl = efficacy.row_config(preset, rows[("full", "peer_unlabeled")], seed=0)
     adl = efficacy.row_config(preset, rows[("full", "unlabeled_adl")], seed=0)
-    assert unl.distill.method == preset["vars"]["best_label_free_peer"] == "fgd_conf"
+    assert unl.distill.method == preset["vars"]["best_label_free_peer"] == "cwd"
+    assert unl.distill.method_weight == preset["peer_scales"]["cwd"]
     assert (unl.train.iterations, unl.train.unlabeled_every) == (adl.train.iterations, adl.train.unlabeled_every) == (1200, 1)
     for name in ("fgd", "fgd_conf"):
         cfg = efficacy.row_config(preset, rows[("scarce", name)], seed=0)
