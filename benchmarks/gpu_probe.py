@@ -40,6 +40,7 @@ from kdkernels import reference
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 LOGIT_LAYOUTS = ("contiguous", "offset", "strided", "transposed", "empty")
 FEATURE_LAYOUTS = ("contiguous", "offset", "strided", "channels_last", "empty")
+PAIR_LAYOUTS = FEATURE_LAYOUTS[:-1]   # PKD needs N·H·W >= 2: no empty case
 EXIT_FAIL, EXIT_INCOMPLETE = 1, 3
 
 
@@ -48,11 +49,12 @@ class Op:
     name: str
     fn: str                    # attribute of kdkernels and kdkernels.reference
     kind: str                  # "logits" (R, K) + weight (R,) | "features" (N, C, H, W) + confidence (N, H, W)
+                               # | "separable" features + spatial (N, H, W) and channel (N, C) weights | "pair" features only
     kwargs: dict = field(default_factory=dict)
 
     @property
     def layouts(self) -> tuple[str, ...]:
-        return LOGIT_LAYOUTS if self.kind == "logits" else FEATURE_LAYOUTS
+        return {"logits": LOGIT_LAYOUTS, "pair": PAIR_LAYOUTS}.get(self.kind, FEATURE_LAYOUTS)
 
 
 OPS = (
@@ -61,6 +63,8 @@ OPS = (
     Op("soft_label_kl[softmax]", "soft_label_kl", "logits", dict(mode="softmax", temperature=2.0)),
     Op("adl[sigmoid]", "adaptive_distillation_loss", "logits", dict(mode="sigmoid", temperature=2.0)),
     Op("adl[softmax]", "adaptive_distillation_loss", "logits", dict(mode="softmax", temperature=1.5)),
+    Op("separable_weighted_mse", "separable_weighted_mse", "separable"),
+    Op("pearson_feature_loss", "pearson_feature_loss", "pair"),
 )
 OPS_BY_NAME = {op.name: op for op in OPS}
 
@@ -108,9 +112,14 @@ def make_inputs(op: Op, layout: str, k: int, dtype, device, *, quick: bool, gen:
     n, h, w_ = (2, 5, 3) if quick else (2, 13, 11)
     h = 0 if empty else h
     s, t = randn((n, k, h, w_)), randn((n, k, h, w_))
+    if op.kind == "pair":
+        return place(s, layout, device), place(t, layout, device), (), {}
     conf = torch.rand((n, h, w_), generator=gen, dtype=torch.float64).to(torch.float32)
     # the (N, H, W) confidence: "strided" takes every other row (dim 1 = H), channels_last n/a
     conf = place(conf, layout, device)
+    if op.kind == "separable":
+        channel = place(torch.rand((n, k), generator=gen, dtype=torch.float64).to(torch.float32), layout, device)
+        return place(s, layout, device), place(t, layout, device), (conf, channel), {}
     return place(s, layout, device), place(t, layout, device), (conf,), {}
 
 
