@@ -251,7 +251,7 @@ CASES: tuple[Case, ...] = (
     Case("localization_distillation", "localization_distillation", dict(temperature=10.0), _BIN_SIZES,
          "logits", "LD: box-edge bin KL, T = 10, mean over bins, weight = teacher confidence"),
     Case("decoupled_kd", "decoupled_kd", dict(alpha=1.0, beta=8.0, temperature=4.0), _CLASS_SIZES,
-         "labels", "DKD: α = 1, β = 8, T = 4 (NCKD on the soft_label_kl kernel)"),
+         "labels", "DKD: α = 1, β = 8, T = 4 (fused DKD kernel)"),
     Case("pearson_feature_loss", "pearson_feature_loss", dict(reduction="mean"), _PKD_SIZES, "feature_pair",
          "PKD: per-channel standardised features, MSE / 2 (MMRazor PKDLoss)"),
 )

@@ -50,11 +50,12 @@ class Op:
     fn: str                    # attribute of kdkernels and kdkernels.reference
     kind: str                  # "logits" (R, K) + weight (R,) | "features" (N, C, H, W) + confidence (N, H, W)
                                # | "separable" features + spatial (N, H, W) and channel (N, C) weights | "pair" features only
+                               # | "labels" (R, K) logits + (R,) class indices
     kwargs: dict = field(default_factory=dict)
 
     @property
     def layouts(self) -> tuple[str, ...]:
-        return {"logits": LOGIT_LAYOUTS, "pair": PAIR_LAYOUTS}.get(self.kind, FEATURE_LAYOUTS)
+        return {"logits": LOGIT_LAYOUTS, "labels": LOGIT_LAYOUTS, "pair": PAIR_LAYOUTS}.get(self.kind, FEATURE_LAYOUTS)
 
 
 OPS = (
@@ -65,14 +66,17 @@ OPS = (
     Op("adl[softmax]", "adaptive_distillation_loss", "logits", dict(mode="softmax", temperature=1.5)),
     Op("separable_weighted_mse", "separable_weighted_mse", "separable"),
     Op("pearson_feature_loss", "pearson_feature_loss", "pair"),
+    Op("decoupled_kd", "decoupled_kd", "labels", dict(alpha=1.0, beta=8.0, temperature=2.0)),
 )
 OPS_BY_NAME = {op.name: op for op in OPS}
 
 
 # --- inputs -------------------------------------------------------------------------------------
 def place(values: torch.Tensor, layout: str, device) -> torch.Tensor:
-    """`values` (already in its dtype) on `device` in `layout`; storage outside the view is NaN."""
+    """`values` (already in its dtype) on `device` in `layout`; storage outside the view is NaN (-1 for
+    integer values)."""
     device = torch.device(device)
+    fill = math.nan if values.is_floating_point() else -1   # never read: a read shows as NaN / a bad label
     if layout in ("contiguous", "empty"):
         return values.to(device).contiguous()
     if layout == "channels_last":
@@ -84,13 +88,13 @@ def place(values: torch.Tensor, layout: str, device) -> torch.Tensor:
             return values.to(device).contiguous()
         return values.t().contiguous().to(device).t()
     if layout == "offset":
-        buf = torch.full((values.numel() + 1,), math.nan, dtype=values.dtype, device=device)
+        buf = torch.full((values.numel() + 1,), fill, dtype=values.dtype, device=device)
         view = buf[1:].view(values.shape)
     elif layout == "strided":   # every other element of dim 1 (channels, classes) or of a 1-D tensor
         dim = 1 if values.dim() > 1 else 0
         shape = list(values.shape)
         shape[dim] *= 2
-        buf = torch.full(shape, math.nan, dtype=values.dtype, device=device)
+        buf = torch.full(shape, fill, dtype=values.dtype, device=device)
         view = buf[(slice(None),) * dim + (slice(None, None, 2),)]
     else:
         raise ValueError(f"unknown layout {layout!r}")
@@ -104,9 +108,12 @@ def make_inputs(op: Op, layout: str, k: int, dtype, device, *, quick: bool, gen:
         return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
     empty = layout == "empty"
-    if op.kind == "logits":
+    if op.kind in ("logits", "labels"):
         rows = 0 if empty else (37 if quick else 1000)
         s, t = randn((rows, k), 2.5), randn((rows, k), 2.5)
+        if op.kind == "labels":   # class indices, in the same layout (strided, offset) as the logits
+            y = torch.randint(0, k, (rows,), generator=gen)
+            return place(s, layout, device), place(t, layout, device), (place(y, layout, device),), {}
         w = torch.rand(rows, generator=gen, dtype=torch.float64).to(torch.float32)
         return place(s, layout, device), place(t, layout, device), (), dict(weight=place(w, layout, device))
     n, h, w_ = (2, 5, 3) if quick else (2, 13, 11)
@@ -187,7 +194,8 @@ def run_case(op: Op, backend: str, layout: str, k: int, dtype, reduction: str, d
         cpu64 = {key: v.detach().cpu().double() for key, v in kw.items()}
         ref_loss, ref_grad, _ = loss_and_grad(
             getattr(reference, op.fn), s.cpu().double(), t.cpu().double(),
-            tuple(e.cpu().double() for e in extra), dict(op.kwargs, **cpu64), reduction,
+            tuple(e.cpu().double() if e.is_floating_point() else e.cpu() for e in extra),
+            dict(op.kwargs, **cpu64), reduction,
             lambda shape: up.cpu().double().reshape(shape))
         row["loss_err"], loss_problem = compare(loss, ref_loss, dtype, device)
         row["grad_err"], grad_problem = compare(grad, ref_grad, dtype, device)

@@ -29,6 +29,10 @@ TORCH_LIBRARY(kdkernels, m) {
       "float temperature, float beta, float gamma, str mode, bool detach_weight, str reduction, "
       "float eps, bool compute_grad) -> (Tensor, Tensor)");
   m.def(
+      "decoupled_kd(Tensor student_logits, Tensor teacher_logits, Tensor labels, "
+      "float temperature, float alpha, float beta, str reduction, bool compute_grad) "
+      "-> (Tensor, Tensor)");
+  m.def(
       "pearson_feature_loss(Tensor student, Tensor teacher, str reduction, bool compute_grad) "
       "-> (Tensor, Tensor)");
 }

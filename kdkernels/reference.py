@@ -203,7 +203,7 @@ def fgd_attention(features, temperature=0.5):
 def decoupled_kd(student_logits, teacher_logits, labels, *, alpha=1.0, beta=1.0, temperature=1.0,
                  reduction="mean"):
     """DKD (Zhao et al.): row_b = T² (α·TCKD + β·NCKD); TCKD = binary KL over [p_gt, 1 − p_gt],
-    NCKD = KL over the non-target classes renormalised; mean = Σ_b row_b / B ("batchmean")."""
+    NCKD = KL over the non-target classes renormalised; mean = Σ_b row_b / B ("batchmean", 0 for B = 0)."""
     s, t, gt = V.dkd_inputs(student_logits, teacher_logits, labels)
     V.non_negative(alpha, "alpha")
     V.non_negative(beta, "beta")
@@ -225,7 +225,8 @@ def decoupled_kd(student_logits, teacher_logits, labels, *, alpha=1.0, beta=1.0,
     rows = T * T * (alpha * tckd + beta * nckd)
     if reduction == "none":
         return rows.to(student_logits.dtype).reshape(student_logits.shape[:-1])
-    return (rows.sum() if reduction == "sum" else rows.mean()).to(student_logits.dtype)
+    total = rows.sum() if reduction == "sum" else rows.sum() / max(rows.shape[0], 1)  # no rows: 0
+    return total.to(student_logits.dtype)
 
 
 def adaptive_distillation_loss(student_logits, teacher_logits, *, temperature=1.0, beta=1.0,

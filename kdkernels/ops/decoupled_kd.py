@@ -1,15 +1,21 @@
-"""decoupled_kd: DKD, target-class and non-target-class KD (the non-target part on the soft_label_kl kernel)."""
+"""decoupled_kd: DKD, target-class and non-target-class KD, one fused row kernel per backend."""
 from __future__ import annotations
 
 import torch
 
-from .. import _backend, _validate as V, reference
-from .soft_label_kl import soft_label_kl
+from .. import _backend, _native, _validate as V, reference
+from ._registration import call_fused, register_loss_autograd
 
-# MMRazor's DKDLoss removes the target class from the non-target softmax by subtracting 1000 from
-# its tempered logit; exp(−1000) is 0 in float32 and float64, so this equals leaving it out while
-# |logits / T| < ~900.
-_TARGET_SHIFT = 1000.0
+if _native.HAS_NATIVE:
+    @torch.library.register_fake("kdkernels::decoupled_kd")
+    def _decoupled_kd_fake(student_logits, teacher_logits, labels, temperature, alpha, beta, reduction,
+                           compute_grad):
+        """(B, K) logits, (B,) labels → (loss: () or (B,) for "none", grad: (B, K) or (0,))."""
+        V.fake_row_loss_checks("decoupled_kd", student_logits, teacher_logits, None)
+        torch._check(labels.shape == student_logits.shape[:1], lambda: "decoupled_kd: labels must be (B,)")
+        return V.fake_loss_and_grad(student_logits, student_logits.shape[:1], reduction, compute_grad)
+
+    register_loss_autograd("kdkernels::decoupled_kd")
 
 
 def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
@@ -30,8 +36,11 @@ def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
         TCKD = p_g log(p_g/q_g) + (1 − p_g) log((1 − p_g)/(1 − q_g))
         NCKD = Σ_{k≠g} p̂_k log(p̂_k/q̂_k),  p̂ = softmax over k ≠ g of t/T (q̂ likewise)
         row_b = T² (α·TCKD + β·NCKD)
-    NCKD runs on the fused ``soft_label_kl`` kernel (target logit shifted by −1000, as MMRazor
-    does); TCKD needs two log-sum-exps per row, in PyTorch.
+    One fused kernel per backend (cpu, triton, cuda) computes both parts and ∂/∂student from one
+    pass over each row for the sums and one for the gradient; the target class is kept out of the
+    non-target sums (the exact form of MMRazor's −1000 shift of the target logit), and
+    TCKD is the binary KL of σ(u) with u = logit_g − logsumexp_{k≠g}(logits), so a dominant
+    target logit neither overflows nor loses 1 − p_g to cancellation. "mean" of no rows is 0.
     """
     student_logits, teacher_logits = V.autocast_pair(student_logits, teacher_logits)
     s, t, gt = V.dkd_inputs(student_logits, teacher_logits, labels)
@@ -39,35 +48,9 @@ def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     beta = V.non_negative(beta, "beta")
     T = V.positive(temperature, "temperature")
     V.choice(reduction, "reduction", V.REDUCTIONS)
-    if _backend.resolve(s.device, "soft_label_kl") == "reference":
+    backend = _backend.resolve(s.device, "decoupled_kd")
+    if backend == "reference":
         return reference.decoupled_kd(student_logits, teacher_logits, labels, alpha=alpha, beta=beta,
                                       temperature=T, reduction=reduction)
-    out_shape = student_logits.shape[:-1]
-    onehot = torch.nn.functional.one_hot(gt, s.shape[1]).bool()
-    acc = s.dtype if s.dtype in (torch.float32, torch.float64) else torch.float32
-    a, b = t.detach().to(acc) / T, s.to(acc) / T
-    rows = 0
-    if beta != 0:
-        shift = onehot.to(acc) * _TARGET_SHIFT
-        nckd = soft_label_kl(b - shift, a - shift, temperature=1.0, reduction="none")
-        rows = beta * nckd
-    if alpha != 0:
-        rows = rows + alpha * _target_class_kl(a, b, onehot, gt)
-    rows = (T * T) * rows
-    if not isinstance(rows, torch.Tensor):  # alpha == beta == 0
-        rows = s.new_zeros(s.shape[0], dtype=acc) + 0 * b.sum(dim=1)
-    if reduction == "none":
-        return rows.to(student_logits.dtype).reshape(out_shape)
-    return (rows.sum() if reduction == "sum" else rows.mean()).to(student_logits.dtype)
-
-
-def _target_class_kl(a, b, onehot, gt):
-    """Binary KL over [p_g, 1 − p_g] per row, from two log-sum-exps of each of a (teacher), b (student)."""
-    def log_parts(x):
-        lse = torch.logsumexp(x, dim=1)
-        log_rest = torch.logsumexp(x.masked_fill(onehot, -torch.inf), dim=1) - lse
-        return x.gather(1, gt[:, None])[:, 0] - lse, log_rest
-
-    tg, tr = log_parts(a)
-    sg, sr = log_parts(b)
-    return tg.exp() * (tg - sg) + tr.exp() * (tr - sr)
+    loss = call_fused(backend, "decoupled_kd", s, t.detach(), gt, T, alpha, beta, reduction)
+    return loss.reshape(student_logits.shape[:-1]) if reduction == "none" else loss

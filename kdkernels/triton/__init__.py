@@ -13,13 +13,15 @@ Importing this package needs triton and the native extension kdkernels._C (whose
 take); kdkernels imports it only when the triton backend runs. To run the kernels on CPU tensors
 (slow, for tests), set TRITON_INTERPRET=1 before triton itself is first imported.
 
-Files: separable_weighted_mse.py, soft_label_kl.py, adaptive_distillation_loss.py (one op each);
+Files: separable_weighted_mse.py, soft_label_kl.py, adaptive_distillation_loss.py,
+pearson_feature_loss.py, decoupled_kd.py (one op each);
 _row_losses.py (the row kernel shared by soft_label_kl and ADL, as csrc/ops/cpu/row_losses.h);
 _common.py (math helpers, tiles and autotune configs, partial sums, device guard, registration).
 """
 from . import adaptive_distillation_loss, separable_weighted_mse, soft_label_kl  # noqa: F401 (registration)
-from . import pearson_feature_loss  # noqa: F401 (registration)
+from . import decoupled_kd, pearson_feature_loss  # noqa: F401 (registration)
 
-OPS = ("separable_weighted_mse", "soft_label_kl", "adaptive_distillation_loss", "pearson_feature_loss")
+OPS = ("separable_weighted_mse", "soft_label_kl", "adaptive_distillation_loss", "pearson_feature_loss",
+       "decoupled_kd")
 
 __all__ = ["OPS"]

@@ -108,6 +108,28 @@ def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def loss_buffers(reduction: str, num_partials: int, out_shape, acc: torch.dtype, like: torch.Tensor):
+    """(out, partials) of a loss launch: "none" writes its per-row (or per-element) losses to `out`
+    (dtype of `like`) and gets a 1-element stand-in for partials; otherwise the kernel writes
+    num_partials partial sums in `acc` and `out` is that same buffer (never read)."""
+    partials = empty((num_partials if reduction != "none" else 1,), acc, like.device)
+    out = empty(out_shape, like.dtype, like.device) if reduction == "none" else partials
+    return out, partials
+
+
+def finish_loss(reduction: str, out: torch.Tensor, partials: torch.Tensor, scale, grad: torch.Tensor,
+                dtype: torch.dtype):
+    """(loss, grad) after a launch: `out` for "none", else Σ partials × scale in `dtype`. scale:
+    the mean's 1 / normaliser (a device tensor, so nothing waits for the GPU, or a number), or
+    None for 1."""
+    if reduction == "none":
+        return out, grad
+    total = partials.sum()
+    if scale is not None:
+        total = total * scale
+    return total.to(dtype), grad
+
+
 def device_guard(device: torch.device):
     """Context of a launch: the inputs' CUDA device is the current one while the kernel starts."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

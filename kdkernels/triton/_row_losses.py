@@ -244,8 +244,7 @@ def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, t
 
     block_k, part = _common.tiling(_row_loss_kernel, K, "K")
     num_partials = triton.cdiv(R, part)
-    partials = _common.empty((num_partials if reduction != "none" else 1,), acc, s.device)
-    out = _common.empty((R,), s.dtype, s.device) if reduction == "none" else partials
+    out, partials = _common.loss_buffers(reduction, num_partials, (R,), acc, s)
 
     def grid(meta):
         return (triton.cdiv(R, meta["TILE"] // block_k),)
@@ -262,9 +261,4 @@ def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, t
                 ADAPTIVE=adaptive, WRITE_ROWS=reduction == "none", WRITE_GRAD=compute_grad, ACC=tl_acc,
                 BLOCK_K=block_k, ONE_BLOCK=block_k >= K, PART=part,
             )
-    if reduction == "none":
-        return out, grad
-    total = partials.sum()
-    if inv_norm is not None:
-        total = total * inv_norm
-    return total.to(s.dtype), grad
+    return _common.finish_loss(reduction, out, partials, inv_norm, grad, s.dtype)

@@ -96,8 +96,7 @@ def separable_weighted_mse(student, teacher, spatial_weight, channel_weight, red
     block_hw, part = _common.tiling(_separable_mse_kernel, HW, "HW")
     grid_j = triton.cdiv(HW, block_hw)
     num_part_p = triton.cdiv(N * C, part)
-    partials = _common.empty((num_part_p * grid_j if reduction != "none" else 1,), acc, s.device)
-    out = _common.empty(s.shape, s.dtype, s.device) if reduction == "none" else partials
+    out, partials = _common.loss_buffers(reduction, num_part_p * grid_j, s.shape, acc, s)
 
     def grid(meta):
         return (triton.cdiv(N * C, meta["TILE"] // block_hw), grid_j)
@@ -112,9 +111,4 @@ def separable_weighted_mse(student, teacher, spatial_weight, channel_weight, red
                 HAS_CW=wc is not None, HAS_NORM=inv_norm is not None, WRITE_OUT=reduction == "none",
                 WRITE_GRAD=compute_grad, ACC=tl_acc, BLOCK_HW=block_hw, PART=part,
             )
-    if reduction == "none":
-        return out, grad
-    total = partials.sum()
-    if inv_norm is not None:
-        total = total * inv_norm
-    return total.to(s.dtype), grad
+    return _common.finish_loss(reduction, out, partials, inv_norm, grad, s.dtype)
