@@ -1,6 +1,7 @@
-"""The fused decoupled_kd kernel (cpu, triton, cuda) beyond the shared matrix of
-test_peer_row_losses.py: targets in every column block, dominant targets, empty batches, label
-checks in the kernel, every Triton autotune config, and the no-gradient path."""
+"""The fused decoupled_kd kernel (cpu, triton, cuda) against the float64 reference: backend × dtype ×
+reduction × shape, targets in every column block, dominant targets, empty batches, label checks in
+the kernel, every Triton autotune config, and the no-gradient path. (The check against MMRazor's
+DKDLoss code, compile, autocast and bad input are in test_peer_row_losses.py.)"""
 import pytest
 import torch
 
@@ -26,6 +27,17 @@ def check(backend, s, t, labels, dtype, **kw):
     assert loss.shape == ref_loss.shape
     assert_close(loss, ref_loss, dtype, "loss")
     assert_close(grad, ref_grad, dtype, "grad")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("lead,k", [((1,), 2), ((6, 5), 13), ((64,), 100)], ids=str)
+def test_matches_reference(backend, dtype, reduction, lead, k):
+    """Backend × dtype × reduction × shape (leading dims flattened) against the float64 reference."""
+    s, t, labels = make(int(torch.tensor(lead).prod()), k, dtype)
+    s, t, labels = s.reshape(*lead, k), t.reshape(*lead, k), labels.reshape(lead)
+    check(backend, s, t, labels, dtype, alpha=1.0, beta=8.0, temperature=4.0, reduction=reduction)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)

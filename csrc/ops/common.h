@@ -207,6 +207,42 @@ C10_HOST_DEVICE inline T mean_denominator(T sum, T eps, T mult) {
   return mult * (sum > eps ? sum : (sum <= eps ? eps : sum));
 }
 
+// libm functions callable from host and device code (the shared per-row / per-channel finishing
+// code of ../decoupled_kd.h and ../pearson_feature_loss.h): the CUDA overloads on the device,
+// std:: on the host; float and double.
+template <typename T>
+C10_HOST_DEVICE inline T hd_log(T x) {
+#ifdef __CUDA_ARCH__
+  return ::log(x);
+#else
+  return std::log(x);
+#endif
+}
+template <typename T>
+C10_HOST_DEVICE inline T hd_exp(T x) {
+#ifdef __CUDA_ARCH__
+  return ::exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+template <typename T>
+C10_HOST_DEVICE inline T hd_log1p(T x) {
+#ifdef __CUDA_ARCH__
+  return ::log1p(x);
+#else
+  return std::log1p(x);
+#endif
+}
+template <typename T>
+C10_HOST_DEVICE inline T hd_sqrt(T x) {
+#ifdef __CUDA_ARCH__
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 // Runtime bools → template parameters, written once for every backend: calls
 // f(std::bool_constant<b0>{}, std::bool_constant<b1>{}, …) with the values of the bools, in order,
 // so one call instantiates all 2^n variants. In f, `decltype(c)::value` is the constexpr bool:

@@ -65,41 +65,26 @@ inline RowShape check_dkd_inputs(const at::Tensor& student, const at::Tensor& te
   return sh;
 }
 
-template <typename T>
-C10_HOST_DEVICE inline T dkd_log(T x) {
-#ifdef __CUDA_ARCH__
-  return ::log(x);
-#else
-  return std::log(x);
-#endif
-}
-
-template <typename T>
-C10_HOST_DEVICE inline T dkd_exp(T x) {
-#ifdef __CUDA_ARCH__
-  return ::exp(x);
-#else
-  return std::exp(x);
-#endif
-}
-
-template <typename T>
-C10_HOST_DEVICE inline T dkd_log1p(T x) {
-#ifdef __CUDA_ARCH__
-  return ::log1p(x);
-#else
-  return std::log1p(x);
-#endif
-}
-
 // softplus(x) and σ(x) from one exp(−|x|).
 template <typename T>
 C10_HOST_DEVICE inline void dkd_softplus_sigmoid(T x, T& softplus, T& sigmoid) {
-  const T e = dkd_exp(x < T(0) ? x : -x);
+  const T e = hd_exp(x < T(0) ? x : -x);
   const T inv = T(1) / (T(1) + e);
-  softplus = (x > T(0) ? x : T(0)) + dkd_log1p(e);
+  softplus = (x > T(0) ? x : T(0)) + hd_log1p(e);
   sigmoid = x >= T(0) ? inv : e * inv;
 }
+
+// The per-call constants of the kernels: 1/T, T², α, β and the gradient scale G = T / den, with
+// den = B for "mean", 1 otherwise (∂/∂s = T·∂/∂b / den).
+template <typename T>
+struct DkdConsts {
+  T inv_t, t2, alpha, beta, G;
+
+  static DkdConsts make(const DkdArgs& a, double den) {
+    return {static_cast<T>(1.0 / a.temperature), static_cast<T>(a.temperature * a.temperature),
+            static_cast<T>(a.alpha), static_cast<T>(a.beta), static_cast<T>(a.temperature / den)};
+  }
+};
 
 // The sums of one pass over a row (see the top of this file), and the target's tempered logits.
 template <typename T>
@@ -115,7 +100,7 @@ struct DkdRow {
 
 template <typename T>
 C10_HOST_DEVICE inline DkdRow<T> dkd_finish_row(const DkdRowSums<T>& r, T alpha, T beta, T t2, T G) {
-  const T la = r.ma + dkd_log(r.za), lb = r.mb + dkd_log(r.zb);
+  const T la = r.ma + hd_log(r.za), lb = r.mb + hd_log(r.zb);
   const T nckd = r.d / r.za + lb - la;
   const T ut = r.ag - la, us = r.bg - lb;
   T sp_t, p_t, sp_s, q_s;

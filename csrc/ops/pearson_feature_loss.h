@@ -69,15 +69,6 @@ struct PearsonStats {
 };
 
 template <typename T>
-C10_HOST_DEVICE inline T pearson_sqrt(T x) {
-#ifdef __CUDA_ARCH__
-  return ::sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-
-template <typename T>
 C10_HOST_DEVICE inline PearsonStats<T> pearson_stats(T ks, T kt, T su, T sv, T suu, T svv, T suv,
                                                      T m, T eps) {
   const T mean_u = su / m, mean_v = sv / m;
@@ -87,7 +78,7 @@ C10_HOST_DEVICE inline PearsonStats<T> pearson_stats(T ks, T kt, T su, T sv, T s
   ctt = ctt < T(0) ? T(0) : ctt;
   const T cst = suv - su * mean_v;
   const T dof = m - T(1);
-  const T sigma_s = pearson_sqrt(css / dof), sigma_t = pearson_sqrt(ctt / dof);
+  const T sigma_s = hd_sqrt(css / dof), sigma_t = hd_sqrt(ctt / dof);
   const T a = T(1) / (sigma_s + eps), b = T(1) / (sigma_t + eps);
   const T p = sigma_s > T(0) ? a * (a * css - b * cst) / (dof * sigma_s) : T(0);
   return {ks, kt, mean_u, mean_v, a, b, p};

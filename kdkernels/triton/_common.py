@@ -90,6 +90,17 @@ def tiling(kernel, n, limit_key: str) -> tuple[int, int]:
     return block, smallest // block
 
 
+def row_launch(kernel, R, K):
+    """(block_k, part, num_partials, grid) of a row kernel over (R, K): BLOCK_K columns per step,
+    TILE // BLOCK_K rows per program, one partial sum per `part` rows (see tiling)."""
+    block_k, part = tiling(kernel, K, "K")
+
+    def grid(meta):
+        return (triton.cdiv(R, meta["TILE"] // block_k),)
+
+    return block_k, part, triton.cdiv(R, part), grid
+
+
 @triton.jit
 def store_partials(values, pid, partial_ptr, num_partials, stride, offset,
                    N: tl.constexpr, PART: tl.constexpr):

@@ -242,12 +242,8 @@ def row_loss_forward(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, t
                         else torch.full((), R, dtype=acc, device=s.device))
         inv_norm = _common.inverse_normaliser(total_weight, eps)
 
-    block_k, part = _common.tiling(_row_loss_kernel, K, "K")
-    num_partials = triton.cdiv(R, part)
+    block_k, part, num_partials, grid = _common.row_launch(_row_loss_kernel, R, K)
     out, partials = _common.loss_buffers(reduction, num_partials, (R,), acc, s)
-
-    def grid(meta):
-        return (triton.cdiv(R, meta["TILE"] // block_k),)
 
     if not _common.skip_launch(s):
         with _common.device_guard(s.device):

@@ -127,12 +127,8 @@ def decoupled_kd(student_logits, teacher_logits, labels, temperature, alpha, bet
     grad = _common.empty((R, K), s.dtype, s.device) if compute_grad else s.new_empty((0,))
     if R == 0:  # "mean" of no rows is 0, like the other row losses
         return s.new_zeros((0,) if reduction == "none" else ()), grad
-    block_k, part = _common.tiling(_dkd_kernel, K, "K")
-    num_partials = triton.cdiv(R, part)
+    block_k, part, num_partials, grid = _common.row_launch(_dkd_kernel, R, K)
     out, partials = _common.loss_buffers(reduction, num_partials, (R,), acc, s)
-
-    def grid(meta):
-        return (triton.cdiv(R, meta["TILE"] // block_k),)
 
     if not _common.skip_launch(s):
         with _common.device_guard(s.device):

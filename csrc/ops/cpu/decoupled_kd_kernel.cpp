@@ -14,11 +14,6 @@
 namespace kdkernels::cpu {
 namespace {
 
-template <typename acc_t>
-struct DkdConsts {
-  acc_t inv_t, t2, alpha, beta, G;  // G: the gradient scale T / B ("mean") or T
-};
-
 // One row: its loss; with kGrad the gradient (K values). ea/eb: scratch of K values each.
 template <typename acc_t, bool kGrad>
 KDK_INLINE acc_t dkd_row(const acc_t* s, const acc_t* t, int64_t K, int64_t g,
@@ -160,10 +155,7 @@ std::tuple<at::Tensor, at::Tensor> decoupled_kd_cpu(const at::Tensor& student_lo
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "decoupled_kd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const DkdConsts<acc_t> c{static_cast<acc_t>(1.0 / a.temperature),
-                             static_cast<acc_t>(a.temperature * a.temperature),
-                             static_cast<acc_t>(a.alpha), static_cast<acc_t>(a.beta),
-                             static_cast<acc_t>(a.temperature / den)};
+    const DkdConsts<acc_t> c = DkdConsts<acc_t>::make(a, den);
     scalar_t* gp = a.compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.defined() ? out.data_ptr<scalar_t>() : nullptr;
     const auto run = [&](auto kGrad) {

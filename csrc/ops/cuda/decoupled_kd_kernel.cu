@@ -21,15 +21,10 @@
 namespace kdkernels::cuda {
 namespace {
 
-template <typename acc_t>
-struct DkdParams {
-  acc_t inv_t, t2, alpha, beta, G;  // G: the gradient scale T / B ("mean") or T
-};
-
 template <typename scalar_t, bool kGrad>
 __global__ void decoupled_kd_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
                                     const int64_t* __restrict__ labels, int64_t R, int64_t K,
-                                    DkdParams<at::opmath_type<scalar_t>> p,
+                                    DkdConsts<at::opmath_type<scalar_t>> p,
                                     scalar_t* __restrict__ grad,
                                     at::opmath_type<scalar_t>* __restrict__ row_out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -106,10 +101,7 @@ std::tuple<at::Tensor, at::Tensor> decoupled_kd_cuda(const at::Tensor& student_l
   TORCH_CHECK(blocks < (int64_t(1) << 31), kDkdOp, ": too many rows for one launch: ", R);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "decoupled_kd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const DkdParams<acc_t> p{static_cast<acc_t>(1.0 / a.temperature),
-                             static_cast<acc_t>(a.temperature * a.temperature),
-                             static_cast<acc_t>(a.alpha), static_cast<acc_t>(a.beta),
-                             static_cast<acc_t>(a.temperature / den)};
+    const DkdConsts<acc_t> p = DkdConsts<acc_t>::make(a, den);
     scalar_t* gp = a.compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
     dispatch_bools(
         [&](auto kGrad) {
