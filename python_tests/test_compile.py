@@ -16,6 +16,8 @@ OPCHECK_CASES = {
         red, 1e-6, cg),
     "pearson_feature_loss": lambda red, cg: (
         torch.randn(2, 3, 4, 5, requires_grad=cg), torch.randn(2, 3, 4, 5), red, cg),
+    "decoupled_kd": lambda red, cg: (
+        torch.randn(6, 7, requires_grad=cg), torch.randn(6, 7), torch.randint(0, 7, (6,)), 2.0, 1.0, 8.0, red, cg),
 }
 
 

@@ -20,7 +20,8 @@ def _all_losses(s4, t4, conf, s2, t2, w):
             + kdkernels.soft_label_kl(s2, t2, mode="sigmoid", weight=w)
             + kdkernels.soft_label_kl(s2, t2, mode="softmax", weight=w)
             + kdkernels.adaptive_distillation_loss(s2, t2, weight=w)
-            + kdkernels.adaptive_distillation_loss(s2, t2, weight=w, mode="softmax"))
+            + kdkernels.adaptive_distillation_loss(s2, t2, weight=w, mode="softmax")
+            + kdkernels.decoupled_kd(s2, t2, t2.argmax(1), beta=8.0, temperature=4.0))
 
 
 def _inputs(n_rows=4096, k=80, shape4=(2, 64, 25, 42), device="cuda"):
@@ -43,16 +44,19 @@ def test_realistic_shapes_gpu(backend):
     s2 = torch.randn(400_000, 80, device="cuda", requires_grad=True)
     t2 = torch.randn(400_000, 80, device="cuda")
     w = torch.rand(400_000, device="cuda")
+    labels = torch.randint(0, 80, (400_000,), device="cuda")
     with kdkernels.use_backend(backend):
         a = kdkernels.confidence_masked_mse(s4, t4, conf, threshold=0.5)
         b = kdkernels.soft_label_kl(s2, t2, mode="sigmoid", weight=w)
         c = kdkernels.adaptive_distillation_loss(s2, t2, weight=w)
         d = kdkernels.separable_weighted_mse(s4, t4, conf, wc)
+        e = kdkernels.decoupled_kd(s2, t2, labels, beta=8.0, temperature=4.0)
     ra = kdkernels.reference.confidence_masked_mse(s4.double(), t4.double(), conf.double(), threshold=0.5)
     rb = kdkernels.reference.soft_label_kl(s2.double(), t2.double(), mode="sigmoid", weight=w.double())
     rc = kdkernels.reference.adaptive_distillation_loss(s2.double(), t2.double(), weight=w.double())
     rd = kdkernels.reference.separable_weighted_mse(s4.double(), t4.double(), conf.double(), wc.double())
-    for x, r in ((a, ra), (b, rb), (c, rc), (d, rd)):
+    re_ = kdkernels.reference.decoupled_kd(s2.double(), t2.double(), labels, beta=8.0, temperature=4.0)
+    for x, r in ((a, ra), (b, rb), (c, rc), (d, rd), (e, re_)):
         torch.testing.assert_close(x.double(), r, rtol=1e-4, atol=1e-6)
 
 
@@ -138,3 +142,6 @@ def test_opcheck_cuda():
         args = (torch.randn(2, 3, 4, 8, device="cuda", requires_grad=True), torch.randn(2, 3, 4, 8, device="cuda"),
                 torch.rand(2, 4, 8, device="cuda"), channel_weight, "mean", 1e-6, True)
         torch.library.opcheck(torch.ops.kdkernels.separable_weighted_mse, args)
+    args = (torch.randn(6, 7, device="cuda", requires_grad=True), torch.randn(6, 7, device="cuda"),
+            torch.randint(0, 7, (6,), device="cuda"), 2.0, 1.0, 8.0, "mean", True)
+    torch.library.opcheck(torch.ops.kdkernels.decoupled_kd, args)

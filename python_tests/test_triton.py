@@ -767,6 +767,10 @@ def _op_samples():
         ("separable_weighted_mse", (fs, ft, conf, None, "mean", 1e-6, True)),
         ("separable_weighted_mse", (fs, ft, conf, cw, "none", 1e-6, True)),
         ("separable_weighted_mse", (fs.detach(), ft, conf, cw, "sum", 1e-6, False)),
+        ("decoupled_kd", (s, t, torch.randint(0, s.shape[1], (s.shape[0],), device=s.device), 2.0, 1.0, 8.0,
+                          "mean", True)),
+        ("decoupled_kd", (s.detach(), t, torch.zeros(s.shape[0], dtype=torch.long, device=s.device), 1.0, 0.5,
+                          1.0, "none", False)),
     ]
 
 
