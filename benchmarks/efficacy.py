@@ -337,9 +337,20 @@ HEAD_TO_HEAD = (
 )
 
 
-def head_to_head(rows: list) -> list:
+def paired_wins(raw: dict, setting: str, thesis: str, peer: str) -> str:
+    """"w/n": of the n seeds both rows ran (same init and data order per seed), the thesis row has
+    the higher AP in w; "—" without raw results."""
+    a, b = (raw.get(setting, {}).get(name) or {} for name in (thesis, peer))
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "—"
+    wins = sum(a[sd]["metrics"]["AP"] > b[sd]["metrics"]["AP"] for sd in seeds)
+    return f"{wins}/{len(seeds)}"
+
+
+def head_to_head(rows: list, raw: dict | None = None) -> list:
     """(setting, thesis row, peer row, thesis AP, peer AP, Δ = thesis − peer, spread = the larger
-    std, verdict) for every pair of HEAD_TO_HEAD present in rows."""
+    std, verdict, seeds the thesis row won (paired_wins)) for every pair of HEAD_TO_HEAD present."""
     by = {(r["setting"], r["name"]): r for r in rows}
     out = []
     for setting, thesis, peer_rows in HEAD_TO_HEAD:
@@ -351,7 +362,8 @@ def head_to_head(rows: list) -> list:
             delta, spread = a["AP"] - b["AP"], max(a["AP_std"], b["AP_std"])
             verdict = ("thesis wins" if delta > spread else "**peer wins**" if delta < -spread
                        else "within the spread")
-            out.append((setting, thesis, name, a["AP"], b["AP"], delta, spread, verdict))
+            out.append((setting, thesis, name, a["AP"], b["AP"], delta, spread, verdict,
+                        paired_wins(raw or {}, setting, thesis, name)))
     return out
 
 
@@ -376,15 +388,16 @@ def tuning(raw: dict, preset: dict) -> list:
 
 def _peer_sections(rows: list, raw: dict, preset: dict) -> list:
     lines = []
-    pairs = head_to_head(rows)
+    pairs = head_to_head(rows, raw)
     if pairs:
         lines += ["", "## Head to head: the thesis's method against the peers", "",
                   "Same student, schedule, data and seeds per pair; Δ = thesis − peer AP, spread = the larger of the "
-                  "two rows' std over seeds.", "",
-                  "| setting | thesis row | peer row | thesis AP | peer AP | Δ AP | spread | verdict |",
-                  "|---|---|---|---:|---:|---:|---:|---|"]
-        lines += [f"| {st} | {a} | {b} | {x:.1f} | {y:.1f} | {d:+.1f} | {sp:.1f} | {v} |"
-                  for st, a, b, x, y, d, sp, v in pairs]
+                  "two rows' std over seeds; seeds won = of the seeds both rows ran (same initialisation and data "
+                  "order), those where the thesis row has the higher AP.", "",
+                  "| setting | thesis row | peer row | thesis AP | peer AP | Δ AP | spread | verdict | seeds won |",
+                  "|---|---|---|---:|---:|---:|---:|---|---:|"]
+        lines += [f"| {st} | {a} | {b} | {x:.1f} | {y:.1f} | {d:+.1f} | {sp:.1f} | {v} | {w} |"
+                  for st, a, b, x, y, d, sp, v, w in pairs]
     tuned = tuning(raw, preset)
     if tuned:
         tune = preset.get("tune") or {}

@@ -214,9 +214,14 @@ def test_tuning_and_head_to_head_tables(tmp_path):
     assert pairs[("full", "cwd")][5] == pytest.approx(-2.0) and pairs[("full", "cwd")][7] == "**peer wins**"
     assert pairs[("full", "fgd")][7] == "within the spread"
     assert pairs[("scarce", "fgd_conf")][7] == "thesis wins"
+    raw["full"]["fgd"]["2"] = _run(1.0)  # a seed only one row of the pair ran: not counted
+    paired = {(p[0], p[2]): p[8] for p in efficacy.head_to_head(efficacy.summarize(raw, preset), raw)}
+    assert paired[("full", "cwd")] == "0/2" and paired[("scarce", "fgd_conf")] == "2/2"
+    assert paired[("full", "fgd")] == "1/2"  # 9.0 < 9.2, 10.0 > 9.6
+    del raw["full"]["fgd"]["2"]
     md = tmp_path / "E.md"
     text = efficacy.render(raw, preset, md, tmp_path / "E.png", ["cmd"])
-    assert "## Head to head" in text and "| full | conf_kd | cwd | 9.5 | 11.5 | -2.0 |" in text
+    assert "## Head to head" in text and "| full | conf_kd | cwd | 9.5 | 11.5 | -2.0 | 0.7 | **peer wins** | 0/2 |" in text
     assert "## Peer weight tuning (seed 100, setting full)" in text
     assert "| cwd | 8.0 | 9.5 | 9.0 | × 1 | × 4 (differs) |" in text
     assert "| fgd | — | 7.0 | 7.0 | × 1 | × 1 |" in text
