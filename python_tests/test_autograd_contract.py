@@ -219,3 +219,19 @@ def test_compiled_forward_ad_is_a_clear_error(backend):
     fn = torch.compile(lambda x: kdkernels.soft_label_kl(x, t), backend="aot_eager")
     with fwAD.dual_level(), pytest.raises(Exception, match="forward-mode AD"):
         fn(fwAD.make_dual(s, torch.ones_like(s)))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS, indirect=True)
+@pytest.mark.parametrize("name,make", [
+    ("confidence_masked_mse", lambda d: (torch.randn(2, 3, 4, 5, device=d), torch.randn(2, 3, 4, 5, device=d),
+                                         torch.rand(2, 4, 5, device=d))),
+    ("channel_wise_divergence", lambda d: (torch.randn(2, 3, 4, 5, device=d), torch.randn(2, 3, 4, 5, device=d))),
+    ("localization_distillation", lambda d: (torch.randn(8, 17, device=d), torch.randn(8, 17, device=d))),
+])
+def test_ops_on_another_ops_kernel_are_named_in_its_errors(backend, name, make):
+    """An op that runs another op's fused kernel (confidence_masked_mse on separable_weighted_mse's,
+    CWD and LD on soft_label_kl's) is named in that kernel's double-backward error."""
+    s, *rest = make(backend.device)
+    s.requires_grad_(True)
+    with pytest.raises(RuntimeError, match=rf"double backward .*kdkernels\.{name}.*reference"):
+        torch.autograd.grad(getattr(kdkernels, name)(s, *rest), s, create_graph=True)

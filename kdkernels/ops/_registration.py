@@ -41,7 +41,7 @@ def _backward(ctx, grad_loss, _unused_grad_of_grad):
     eager = V.plain_eager(grad_loss) and not _batched(grad_loss)
     if eager and torch.is_grad_enabled():
         raise RuntimeError(f"{ctx.op_name}: double backward (create_graph=True) is not supported "
-                           f"by the fused kdkernels backends; {_ONLY_REFERENCE}")
+                           f"by the fused kdkernels backends{ctx.also_runs}; {_ONLY_REFERENCE}")
     (grad,) = ctx.saved_tensors
     if grad.numel() != ctx.student_numel:
         raise RuntimeError(f"{ctx.op_name} ran with compute_grad=False, so it has no gradient: "
@@ -67,13 +67,25 @@ def _setup_context(ctx, inputs, output):
     ctx.student_numel = inputs[0].numel()
 
 
+# The public ops that run another op's kernel on other inputs: named in that kernel's errors, so that
+# a user of e.g. confidence_masked_mse finds their op in the message.
+ALSO_RUNS = {
+    "separable_weighted_mse": ("confidence_masked_mse",),
+    "soft_label_kl": ("channel_wise_divergence", "localization_distillation"),
+}
+
+
 def register_loss_autograd(qualname: str) -> None:
     """Register the shared backward for op `qualname` ("namespace::name") returning (loss, grad)."""
-    op_name = "kdkernels." + qualname.split("::")[1]
+    name = qualname.split("::")[1]
+    op_name = "kdkernels." + name
+    users = ALSO_RUNS.get(name, ())
+    also = " (this kernel also runs " + ", ".join(f"kdkernels.{u}" for u in users) + ")" if users else ""
 
     def setup_context(ctx, inputs, output):
         _setup_context(ctx, inputs, output)
         ctx.op_name = op_name
+        ctx.also_runs = also
 
     torch.library.register_autograd(qualname, _backward, setup_context=setup_context)
 
