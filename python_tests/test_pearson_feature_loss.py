@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import kdkernels
 from conftest import ALL_BACKENDS, DTYPES, FUSED_BACKENDS, assert_close, run_with_grad
+from peer_transcriptions import mmrazor_pkd
 
 REDUCTIONS = ["mean", "sum", "none"]
 # (id, shape, layout): N·H·W = 2 through H·W and through N; a channel with a large mean against
@@ -145,30 +145,13 @@ def test_gradcheck_fp64():
 
 
 # --------------------------------------------------------------------------------------------------
-# MMRazor's PKDLoss (mmrazor/models/losses/pkd_loss.py), transcribed independently: each level's
-# features are standardised per channel over (N, H, W) with the unbiased std + 1e-6, then
-# F.mse_loss(ŝ, t̂) / 2, summed over the levels, times loss_weight (same spatial sizes: no resize).
-
-def _mmrazor_norm(feat):
-    n, c, h, w = feat.shape
-    rows = feat.permute(1, 0, 2, 3).reshape(c, n * h * w)
-    rows = (rows - rows.mean(-1, keepdim=True)) / (rows.std(-1, keepdim=True) + 1e-6)
-    return rows.reshape(c, n, h, w).permute(1, 0, 2, 3)
-
-
-def mmrazor_pkd_loss(preds_s, preds_t, loss_weight=1.0):
-    if isinstance(preds_s, torch.Tensor):
-        preds_s, preds_t = (preds_s,), (preds_t,)
-    loss = 0.0
-    for ps, pt in zip(preds_s, preds_t):
-        assert ps.shape == pt.shape
-        loss = loss + F.mse_loss(_mmrazor_norm(ps), _mmrazor_norm(pt)) / 2
-    return loss * loss_weight
-
+# MMRazor's PKDLoss (mmrazor/models/losses/pkd_loss.py), transcribed independently in
+# peer_transcriptions.mmrazor_pkd: each level's features are standardised per channel over (N, H, W)
+# with the unbiased std + 1e-6, then F.mse_loss(ŝ, t̂) / 2, summed over the levels, times loss_weight.
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_mmrazor_pkd_loss(backend, seed):
+def test_matches_mmrazor_pkd(backend, seed):
     """FPN levels summed, loss weight 2: kdkernels (float32, on the backend) against the
     transcription (float64): loss and student gradient; the transcription's teacher is detached."""
     levels = [make(shape, torch.float32, seed=seed + i) for i, shape in enumerate(((2, 8, 12, 10), (2, 8, 6, 5)))]
@@ -180,7 +163,7 @@ def test_matches_mmrazor_pkd_loss(backend, seed):
     loss = 2.0 * sum(kdkernels.pearson_feature_loss(x, t.to(dev)) for x, (_, t) in zip(xs, levels))
     loss.backward()
     ref_xs = [s.double().requires_grad_(True) for s, _ in levels]
-    ref = mmrazor_pkd_loss(ref_xs, [t.double() for _, t in levels], loss_weight=2.0)
+    ref = mmrazor_pkd(ref_xs, [t.double() for _, t in levels], loss_weight=2.0)
     ref.backward()
     assert_close(loss.detach(), ref.detach(), torch.float32, "loss")
     for x, r in zip(xs, ref_xs):

@@ -4,61 +4,18 @@ localization_distillation (LD), decoupled_kd (DKD), soft_label_kl(class_reductio
 reference, and against independent transcriptions of the peers' published code."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import kdkernels
 from conftest import ALL_BACKENDS, DTYPES, assert_close, run_with_grad
+from peer_transcriptions import fgd_get_attention, mmdet_kd, mmrazor_cwd, mmrazor_dkd
 
 R = kdkernels.reference
 
 
 # ---- independent transcriptions of the peers' code (MMRazor, MMDetection, FGD), float64 ----
 
-def mmrazor_cwd(preds_s, preds_t, tau):
-    """MMRazor ChannelWiseDivergence.forward (loss_weight 1)."""
-    n, c, h, w = preds_s.shape
-    softmax_pred_t = F.softmax(preds_t.reshape(-1, w * h) / tau, dim=1)
-    logsoftmax = torch.nn.LogSoftmax(dim=1)
-    loss = torch.sum(softmax_pred_t * logsoftmax(preds_t.reshape(-1, w * h) / tau)
-                     - softmax_pred_t * logsoftmax(preds_s.reshape(-1, w * h) / tau)) * tau ** 2
-    return loss / (c * n)
 
 
-def mmdet_kd(pred, soft_label, t, class_reduction):
-    """MMDetection knowledge_distillation_kl_div_loss (per sample)."""
-    target = F.softmax(soft_label / t, dim=1).detach()
-    kd = F.kl_div(F.log_softmax(pred / t, dim=1), target, reduction="none")
-    kd = kd.mean(1) if class_reduction == "mean" else kd.sum(1)
-    return kd * (t * t)
-
-
-def mmrazor_dkd(preds_s, preds_t, gt_labels, alpha, beta, tau):
-    """MMRazor DKDLoss.forward (reduction 'batchmean', loss_weight 1)."""
-    gt_mask = torch.zeros_like(preds_s).scatter_(1, gt_labels.unsqueeze(1), 1).bool()
-    non_gt_mask = torch.ones_like(preds_s).scatter_(1, gt_labels.unsqueeze(1), 0).bool()
-
-    def cat_mask(tckd):
-        return torch.cat([(tckd * gt_mask).sum(1, keepdims=True), (tckd * non_gt_mask).sum(1, keepdims=True)], 1)
-
-    def kl(s, t):
-        return F.kl_div(s, t, reduction="batchmean") * tau ** 2
-
-    s_tckd, t_tckd = F.softmax(preds_s / tau, dim=1), F.softmax(preds_t / tau, dim=1)
-    tckd = kl(torch.log(cat_mask(s_tckd)), cat_mask(t_tckd))
-    s_nckd = F.log_softmax(preds_s / tau - 1000.0 * gt_mask, dim=1)
-    t_nckd = F.softmax(preds_t / tau - 1000.0 * gt_mask, dim=1)
-    return alpha * tckd + beta * kl(s_nckd, t_nckd)
-
-
-def fgd_get_attention(preds, temp):
-    """FGD (yzd-v/FGD) FeatureLoss.get_attention."""
-    n, c, h, w = preds.shape
-    value = torch.abs(preds)
-    fea_map = value.mean(axis=1, keepdim=True)
-    s_attention = (h * w * F.softmax((fea_map / temp).view(n, -1), dim=1)).view(n, h, w)
-    channel_map = value.mean(axis=2, keepdim=False).mean(axis=2, keepdim=False)
-    c_attention = c * F.softmax(channel_map / temp, dim=1)
-    return s_attention, c_attention
 
 
 def test_cwd_matches_mmrazor():

@@ -9,6 +9,7 @@ import torch
 
 import kdkernels
 from conftest import ALL_BACKENDS, DTYPES, assert_close, run_with_grad
+from peer_transcriptions import fgd_fea_loss, fgd_get_attention
 from kdkernels import reference
 from kdkernels.ops.separable_weighted_mse import fused_separable_mse
 
@@ -172,29 +173,6 @@ def test_confidence_masked_mse_is_the_separable_op_on_its_mask(backend):
 
 
 # ------------------------------------------------------------------ FGD
-def fgd_attention_transcribed(preds, temp):
-    """FGD's FeatureLoss.get_attention (official code, yzd-v/FGD), in this test's own words:
-    spatial = H·W · softmax over H·W of mean_c |F| / temp, channel = C · softmax over C of
-    mean_hw |F| / temp."""
-    n, c, h, w = preds.shape
-    value = preds.abs()
-    spatial = h * w * torch.softmax((value.mean(dim=1) / temp).reshape(n, -1), dim=1).reshape(n, h, w)
-    channel = c * torch.softmax(value.mean(dim=(2, 3)) / temp, dim=1)
-    return spatial, channel
-
-
-def fgd_fea_loss_transcribed(preds_s, preds_t, mask_fg, mask_bg, c_t, s_t):
-    """FGD's FeatureLoss.get_fea_loss (official code, yzd-v/FGD mmdet/distillation/losses/fgd.py),
-    in this test's own words: both feature maps are scaled by √S_t · √C_t and by √mask, and each
-    term is nn.MSELoss(reduction="sum") of the scaled maps divided by the batch size."""
-    mse_sum = torch.nn.MSELoss(reduction="sum")
-    root = s_t.unsqueeze(1).sqrt() * c_t[:, :, None, None].sqrt()
-    scaled_t, scaled_s = preds_t * root, preds_s * root
-    terms = []
-    for mask in (mask_fg, mask_bg):
-        m = mask.unsqueeze(1).sqrt()
-        terms.append(mse_sum(scaled_s * m, scaled_t * m) / len(mask))
-    return terms
 
 
 def fgd_masks(n, h, w, boxes):
@@ -221,11 +199,11 @@ def test_fgd_feature_loss(backend, dtype):
     s = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
     t = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
     fg, bg = fgd_masks(n, h, w, [[(1, 3, 2, 5), (2, 6, 4, 8)], [(0, 2, 0, 2)]])
-    s_t, c_t = fgd_attention_transcribed(t, 0.5)
+    s_t, c_t = fgd_get_attention(t, 0.5)
     dev = backend.device
     for index, mask in enumerate((fg, bg)):
         x = s.clone().requires_grad_()
-        want = fgd_fea_loss_transcribed(x, t, fg, bg, c_t, s_t)[index]
+        want = fgd_fea_loss(x, t, fg, bg, c_t, s_t)[index]
         (want_grad,) = torch.autograd.grad(want, x)
         sd = s.to(dev, dtype).requires_grad_()
         got = kdkernels.separable_weighted_mse(sd, t.to(dev, dtype), (mask * s_t).to(dev, dtype),

@@ -18,6 +18,7 @@ from kdkernels.train import peers, trainer  # noqa: E402
 from kdkernels.train.config import ConfigError, DistillConfig, load_config  # noqa: E402
 from kdkernels.train.distill import FeatureAdapter, distill_losses, level_confidence  # noqa: E402
 from kdkernels.train.models import DetectorOutputs  # noqa: E402
+from peer_transcriptions import fgd_fea_loss, fgd_get_attention, mmrazor_cwd, mmrazor_pkd  # noqa: E402
 
 N, C, K, A = 2, 6, 3, 1
 SHAPES = [(8, 8), (4, 5), (2, 2), (1, 1)]     # FPN levels (one not square, one 1×1)
@@ -27,24 +28,6 @@ BOXES = [torch.tensor([[0.0, 0.0, 20.0, 30.0], [30.5, 9.0, 72.0, 64.0], [40.0, 4
 
 
 # ----------------------------------------------------------------------------- transcriptions (float64)
-def mmrazor_cwd(preds_S, preds_T, tau, loss_weight):
-    """MMRazor ChannelWiseDivergence.forward."""
-    n, c, h, w = preds_S.shape
-    softmax_pred_T = F.softmax(preds_T.reshape(-1, w * h) / tau, dim=1)
-    logsoftmax = torch.nn.LogSoftmax(dim=1)
-    loss = torch.sum(softmax_pred_T * logsoftmax(preds_T.reshape(-1, w * h) / tau)
-                     - softmax_pred_T * logsoftmax(preds_S.reshape(-1, w * h) / tau)) * (tau ** 2)
-    return loss_weight * loss / (c * n)
-
-
-def mmrazor_pkd(preds_S, preds_T, loss_weight):
-    """MMRazor PKDLoss.forward (same spatial sizes)."""
-    def norm(feat):
-        n, c, h, w = feat.shape
-        feat = feat.permute(1, 0, 2, 3).reshape(c, -1)
-        mean, std = feat.mean(dim=-1, keepdim=True), feat.std(dim=-1, keepdim=True)
-        return ((feat - mean) / (std + 1e-6)).reshape(c, n, h, w).permute(1, 0, 2, 3)
-    return F.mse_loss(norm(preds_S), norm(preds_T)) / 2 * loss_weight
 
 
 def fgd_loop_masks(gt_bboxes, img_shapes, shape, dtype=torch.float32):
@@ -69,14 +52,6 @@ def fgd_loop_masks(gt_bboxes, img_shapes, shape, dtype=torch.float32):
     return mask_fg, mask_bg
 
 
-def fgd_get_attention(preds, temp):
-    n, c, h, w = preds.shape
-    value = torch.abs(preds)
-    fea_map = value.mean(axis=1, keepdim=True)
-    s_attention = (h * w * F.softmax((fea_map / temp).view(n, -1), dim=1)).view(n, h, w)
-    channel_map = value.mean(axis=2, keepdim=False).mean(axis=2, keepdim=False)
-    return s_attention, c * F.softmax(channel_map / temp, dim=1)
-
 
 def fgd_gc(x, gc):
     """FGD's spatial_pool + channel_add_conv with the parameters of our GcBlock `gc`."""
@@ -97,12 +72,7 @@ def fgd_feature_loss(preds_S, preds_T, mask_fg, mask_bg, gc_s, gc_t, cfg):
     S_s, C_s = fgd_get_attention(preds_S, cfg.fgd_temp)
     out = {}
     if mask_fg is not None:
-        mf, mb = mask_fg.unsqueeze(1), mask_bg.unsqueeze(1)
-        ct, st = C_t.unsqueeze(-1).unsqueeze(-1), S_t.unsqueeze(1)
-        fea_t = preds_T * torch.sqrt(st) * torch.sqrt(ct)
-        fea_s = preds_S * torch.sqrt(st) * torch.sqrt(ct)
-        fg_loss = F.mse_loss(fea_s * torch.sqrt(mf), fea_t * torch.sqrt(mf), reduction="sum") / len(mf)
-        bg_loss = F.mse_loss(fea_s * torch.sqrt(mb), fea_t * torch.sqrt(mb), reduction="sum") / len(mb)
+        fg_loss, bg_loss = fgd_fea_loss(preds_S, preds_T, mask_fg, mask_bg, C_t, S_t)
         out["feat"] = cfg.fgd_alpha * fg_loss + cfg.fgd_beta * bg_loss
     out["mask"] = cfg.fgd_gamma * (torch.sum(torch.abs(C_s - C_t)) / len(C_s) + torch.sum(torch.abs(S_s - S_t)) / len(S_s))
     out["rela"] = cfg.fgd_lambda * F.mse_loss(fgd_gc(preds_S, gc_s), fgd_gc(preds_T, gc_t), reduction="sum") / len(preds_S)
