@@ -59,6 +59,16 @@ inline PearsonShape check_pearson_inputs(const at::Tensor& student, const at::Te
   return sh;
 }
 
+// N·C·H·W, the divisor of "mean" (as a double: exact far beyond int32).
+inline double pearson_numel(const PearsonShape& sh) {
+  return static_cast<double>(sh.N) * static_cast<double>(sh.C) * static_cast<double>(sh.HW);
+}
+
+// ∂loss/∂(Σ d²/2) of the reduction: 1/(N·C·H·W) (mean), 1 (sum), 1/M per channel (none).
+inline double pearson_grad_scale(Reduction red, const PearsonShape& sh) {
+  return red == kMean ? 1.0 / pearson_numel(sh) : (red == kSum ? 1.0 : 1.0 / static_cast<double>(sh.M));
+}
+
 // The per-channel values pass 2 needs (see the top of this file).
 template <typename T>
 struct PearsonStats {

@@ -212,12 +212,11 @@ std::tuple<at::Tensor, at::Tensor> pearson_feature_loss_cpu(const at::Tensor& st
                                                             bool compute_grad) {
   const Reduction red = parse_reduction(reduction, kPearsonOp);
   const PearsonShape sh = check_pearson_inputs(student, teacher);
-  const int64_t N = sh.N, C = sh.C, HW = sh.HW, M = sh.M;
+  const int64_t C = sh.C, HW = sh.HW, M = sh.M;
   const at::Tensor s = student.contiguous();
   const at::Tensor t = teacher.contiguous();
-  // ∂loss/∂(Σ d²/2) of the reduction: 1/(N·C·H·W) (mean), 1 (sum), 1/M per channel (none)
-  const double numel = static_cast<double>(N) * static_cast<double>(C) * static_cast<double>(HW);
-  const double scale = red == kMean ? 1.0 / numel : (red == kSum ? 1.0 : 1.0 / static_cast<double>(M));
+  const double numel = pearson_numel(sh);
+  const double scale = pearson_grad_scale(red, sh);
   at::Tensor grad = compute_grad ? empty_large_like(s) : at::empty({0}, s.options());
   at::Tensor out = red == kNone ? at::empty({1, C, 1, 1}, s.options()) : at::Tensor();
   double total = 0.0;

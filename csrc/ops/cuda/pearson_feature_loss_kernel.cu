@@ -182,13 +182,13 @@ std::tuple<at::Tensor, at::Tensor> pearson_feature_loss_cuda(const at::Tensor& s
   const PearsonShape sh = check_pearson_inputs(student, teacher);
   const c10::cuda::CUDAGuard guard(student.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t N = sh.N, C = sh.C, HW = sh.HW, M = sh.M;
+  const int64_t C = sh.C, HW = sh.HW, M = sh.M;
   const at::Tensor s = student.contiguous();
   const at::Tensor t = teacher.contiguous();
   const at::ScalarType acc_type = acc_dtype(s.scalar_type());
   const at::TensorOptions acc_options = s.options().dtype(acc_type);
-  const double numel = static_cast<double>(N) * static_cast<double>(C) * static_cast<double>(HW);
-  const double scale = red == kMean ? 1.0 / numel : (red == kSum ? 1.0 : 1.0 / static_cast<double>(M));
+  const double numel = pearson_numel(sh);
+  const double scale = pearson_grad_scale(red, sh);
   const int64_t chunks = (M + kChunk - 1) / kChunk;
   const int64_t blocks = C * chunks;
   TORCH_CHECK(blocks < (int64_t(1) << 31), kPearsonOp, ": too many values for one launch: ",
