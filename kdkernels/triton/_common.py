@@ -221,18 +221,34 @@ def native_schema(name: str) -> str:
     return schema[len(prefix):]
 
 
+# True once define_loss_op fell back to opaque custom ops (torch <= 2.11 without a GPU trace).
+OPAQUE_OPS = False
+
+
 def define_loss_op(name: str):
     """Decorator: register fn (taking the native schema's arguments, returning (loss, grad_student))
     as op kdkernels_triton::<name>, with the shared autograd."""
     qualname = f"kdkernels_triton::{name}"
 
+    def opaque(fn, schema):
+        op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
+        op.register_fake(fn)
+        return op
+
     def dec(fn):
         schema = native_schema(name)
         if INTERPRET:
-            op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
-            op.register_fake(fn)
+            op = opaque(fn, schema)
         else:
-            op = triton_op(qualname, fn, mutates_args=(), schema=schema)
+            try:
+                op = triton_op(qualname, fn, mutates_args=(), schema=schema)
+            except ValueError:
+                # torch <= 2.11's triton_op ignores `schema` and infers one from annotations, which
+                # the ops do not have (it fails before registering anything): fall back to the
+                # opaque custom op, so the kernels run there but Inductor does not trace into them.
+                global OPAQUE_OPS
+                OPAQUE_OPS = True
+                op = opaque(fn, schema)
         register_loss_autograd(qualname)
         return op
 
@@ -240,5 +256,6 @@ def define_loss_op(name: str):
 
 
 def skip_launch(t: torch.Tensor) -> bool:
-    """True when a kernel must not run: interpreted kernels traced with fake tensors."""
-    return INTERPRET and is_fake(t)
+    """True when a kernel must not run: an opaque op (interpreted kernels, or the torch <= 2.11
+    fallback of define_loss_op) traced with fake tensors."""
+    return (INTERPRET or OPAQUE_OPS) and is_fake(t)
