@@ -1,6 +1,16 @@
-"""Input checks shared by every op: errors name the argument, the expected and the received value."""
+"""Input checks shared by every op: errors name the argument, the expected and the received value.
+
+The errors are the same in eager code and under ``torch.compile`` (``fullgraph=True`` included):
+``argument_errors`` wraps every public op so that Dynamo, which turns an exception escaping the
+compiled function into ``torch._dynamo.exc.Unsupported``, instead compiles a graph that raises the
+check's own ``ValueError`` / ``TypeError`` with its message when it runs. Checks of tensor values
+(weights >= 0, DKD labels in range) run in the graph (``require_in_graph``): the same ValueError on
+CPU; on CUDA a RuntimeError from ``torch._assert_async`` (no host synchronisation). Messages
+format shapes with ``dims`` (Dynamo cannot put a symbolic shape into a string).
+"""
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -16,6 +26,118 @@ FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 CHECK_VALUES_ON_CUDA = os.environ.get("KDKERNELS_CHECK_VALUES", "0") == "1"
 
 
+# ----------------------------------------------------------------------------- errors under torch.compile
+# The exception types a deferred error keeps (a subclass is raised as the first of these it derives from).
+DEFERRED_ERROR_TYPES = (ValueError, TypeError, IndexError, NotImplementedError, RuntimeError)
+_ERROR_BY_NAME = {e.__name__: e for e in DEFERRED_ERROR_TYPES}
+
+
+@torch.library.custom_op("kdkernels_checks::raise_argument_error", mutates_args=())
+def _raise_argument_error(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
+    """Raises `kind`(message) when the compiled graph runs; `like` only places the op on a device."""
+    raise _ERROR_BY_NAME[kind](message)
+
+
+@_raise_argument_error.register_fake
+def _raise_argument_error_fake(like, kind, message):
+    return like.new_empty(())
+
+
+@torch.library.custom_op("kdkernels_checks::require", mutates_args=())
+def _require(ok: torch.Tensor, kind: str, message: str) -> None:
+    """Raises `kind`(message) when the graph runs and the boolean `ok` is False (reads one value)."""
+    if not bool(ok):
+        raise _ERROR_BY_NAME[kind](message)
+
+
+@_require.register_fake
+def _require_fake(ok, kind, message):
+    return None
+
+
+def require_in_graph(ok: torch.Tensor, kind: str, message: str) -> None:
+    """A check of tensor values inside a traced graph. CPU: the exception named `kind` (one of
+    DEFERRED_ERROR_TYPES, e.g. "ValueError") with `message` when the graph runs, as eager code raises. CUDA: torch._assert_async (a RuntimeError with the message, raised
+    asynchronously; reading the value would synchronise the host on every call)."""
+    if ok.device.type == "cuda":
+        torch._assert_async(ok, message)
+    else:
+        _require(ok, kind, message)
+
+
+if hasattr(torch.fx.node, "has_side_effect"):  # never dead-code eliminated, even if unused
+    for _op in (torch.ops.kdkernels_checks.raise_argument_error, torch.ops.kdkernels_checks.require):
+        torch.fx.node.has_side_effect(_op.default)
+
+
+class _Nesting:
+    """How many argument_errors-wrapped ops are being traced (plain state: Dynamo tracks it)."""
+
+    def __init__(self):
+        self.depth = 0
+
+
+_NESTING = _Nesting()
+
+
+def _first_tensor(args, kwargs) -> torch.Tensor:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.detach()
+    return torch.empty(())
+
+
+def _kind(exc: BaseException) -> str:
+    """The name of the first of DEFERRED_ERROR_TYPES that `exc` is an instance of (literal names:
+    Dynamo in torch 2.11 cannot make a constant of a class's __name__)."""
+    if isinstance(exc, ValueError):
+        return "ValueError"
+    if isinstance(exc, TypeError):
+        return "TypeError"
+    if isinstance(exc, IndexError):
+        return "IndexError"
+    if isinstance(exc, NotImplementedError):
+        return "NotImplementedError"
+    return "RuntimeError"
+
+
+def _message(exc: BaseException) -> str:
+    return exc.args[0] if exc.args else ""
+
+
+def argument_errors(outputs: int = 1):
+    """Decorator of a public op: its argument errors are the same exceptions under torch.compile.
+
+    Eager (and inside another wrapped op): the op runs as written. While Dynamo traces the
+    outermost wrapped op, an error of DEFERRED_ERROR_TYPES raised by its checks is caught and the
+    op's result is replaced by ``kdkernels_checks::raise_argument_error`` (`outputs` placeholders),
+    so the compiled graph raises that exception type with the same message when it runs, with
+    ``fullgraph=True`` too, and on every backend. (Without this, Dynamo raises
+    ``torch._dynamo.exc.Unsupported: Observed exception``, which ``except ValueError`` misses.)"""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def op(*args, **kwargs):
+            if _NESTING.depth or not torch.compiler.is_compiling():
+                return fn(*args, **kwargs)
+            _NESTING.depth += 1
+            try:
+                return fn(*args, **kwargs)
+            except DEFERRED_ERROR_TYPES as exc:  # (no closure over exc: Dynamo cannot trace DELETE_DEREF)
+                out = _raise_argument_error(_first_tensor(args, kwargs), _kind(exc), _message(exc))
+                return out if outputs == 1 else (out,) * outputs
+            finally:
+                _NESTING.depth -= 1
+        return op
+    return wrap
+
+
+def dims(shape) -> str:
+    """A shape as text, "(2, 3)": like str(tuple(shape)), also for symbolic sizes under torch.compile."""
+    parts = [f"{int(d)}" for d in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+# ----------------------------------------------------------------------------- checks
 def tensor(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -27,7 +149,7 @@ def tensor(x, name: str) -> torch.Tensor:
 def same_layout(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_a} and {name_b} must have the same shape, "
-                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+                         f"got {dims(a.shape)} and {dims(b.shape)}")
     if a.dtype != b.dtype:
         raise TypeError(f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
     same_device(a, b, name_a, name_b)
@@ -76,7 +198,7 @@ def logits_pair(student_logits, teacher_logits):
     same_layout(student_logits, teacher_logits, "student_logits", "teacher_logits")
     if student_logits.dim() < 1 or student_logits.shape[-1] < 1:
         raise ValueError("student_logits must have shape (..., K) with K >= 1 classes, "
-                         f"got {tuple(student_logits.shape)}")
+                         f"got {dims(student_logits.shape)}")
     k = student_logits.shape[-1]
     return student_logits.reshape(-1, k), teacher_logits.reshape(-1, k)
 
@@ -88,8 +210,8 @@ def row_weight(weight, rows: int, ref: torch.Tensor):
     tensor(weight, "weight")
     same_device(ref, weight, "student_logits", "weight")
     if weight.numel() != rows:
-        raise ValueError(f"weight must hold one value per row of the logits ({rows}), "
-                         f"got shape {tuple(weight.shape)}")
+        raise ValueError(f"weight must hold one value per row of the logits ({int(rows)}), "
+                         f"got shape {dims(weight.shape)}")
     return weight.detach().reshape(rows)
 
 
@@ -128,7 +250,7 @@ def feature_pair(student, teacher, confidence):
     tensor(teacher, "teacher")
     tensor(confidence, "confidence")
     if student.dim() != 4:
-        raise ValueError(f"student must have shape (N, C, H, W), got {tuple(student.shape)}")
+        raise ValueError(f"student must have shape (N, C, H, W), got {dims(student.shape)}")
     same_layout(student, teacher, "student", "teacher")
     same_device(student, confidence, "student", "confidence")
     return spatial_map(confidence, "confidence", student).detach()
@@ -140,8 +262,8 @@ def spatial_map(x: torch.Tensor, name: str, student: torch.Tensor) -> torch.Tens
     if x.dim() == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if tuple(x.shape) != (n, h, w):
-        raise ValueError(f"{name} must have shape (N, H, W) = {(n, h, w)} or (N, 1, H, W), "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (N, H, W) = {dims((n, h, w))} or (N, 1, H, W), "
+                         f"got {dims(x.shape)}")
     return x
 
 
@@ -158,7 +280,7 @@ def features(x, name: str) -> torch.Tensor:
     """A float (N, C, H, W) feature map."""
     tensor(x, name)
     if x.dim() != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (N, C, H, W), got {dims(x.shape)}")
     return x
 
 
@@ -172,10 +294,10 @@ def feature_tensors(student, teacher) -> None:
 def pearson_sizes(student) -> None:
     n, c, h, w = student.shape
     if c < 1:
-        raise ValueError(f"student must have at least one channel, got shape {tuple(student.shape)}")
+        raise ValueError(f"student must have at least one channel, got shape {dims(student.shape)}")
     if n * h * w < 2:
         raise ValueError("student must hold at least 2 values per channel (N·H·W >= 2) for the "
-                         f"unbiased standard deviation, got shape {tuple(student.shape)}")
+                         f"unbiased standard deviation, got shape {dims(student.shape)}")
 
 
 def separable_weights(student, teacher, spatial_weight, channel_weight):
@@ -190,8 +312,8 @@ def separable_weights(student, teacher, spatial_weight, channel_weight):
         tensor(channel_weight, "channel_weight")
         same_device(student, channel_weight, "student", "channel_weight")
         if tuple(channel_weight.shape) != (n, c):
-            raise ValueError(f"channel_weight must have shape (N, C) = {(n, c)}, "
-                             f"got {tuple(channel_weight.shape)}")
+            raise ValueError(f"channel_weight must have shape (N, C) = {dims((n, c))}, "
+                             f"got {dims(channel_weight.shape)}")
         channel_weight = channel_weight.detach()
     return spatial_weight.detach(), channel_weight
 
@@ -206,7 +328,7 @@ def check_values(x, name: str, op: str) -> None:
     message = f"kdkernels.{op}: {name} must be finite and >= 0"
     ok = ((x >= 0) & torch.isfinite(x)).all()
     if not plain_eager(x):
-        torch._assert_async(ok, message)
+        require_in_graph(ok, "ValueError", message)
     elif not bool(ok):
         bad = x[~((x >= 0) & torch.isfinite(x))]
         raise ValueError(f"{message}, got {bad[0].item()} ({bad.numel()} bad values)")
@@ -216,21 +338,21 @@ def dkd_inputs(student_logits, teacher_logits, labels):
     """(…, K) logits with K >= 2 and integer labels of the leading shape in [0, K) → (B, K), (B, K), (B,)."""
     s, t = logits_pair(student_logits, teacher_logits)
     if s.shape[1] < 2:
-        raise ValueError(f"student_logits must have K >= 2 classes for decoupled KD, got {s.shape[1]}")
+        raise ValueError(f"student_logits must have K >= 2 classes for decoupled KD, got {int(s.shape[1])}")
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32, torch.int16,
                                                                      torch.uint8, torch.int8):
         raise TypeError("labels must be an integer torch.Tensor of class indices, got "
                         f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
     same_device(student_logits, labels, "student_logits", "labels")
     if labels.numel() != s.shape[0]:
-        raise ValueError(f"labels must hold one class index per row of the logits ({s.shape[0]}), "
-                         f"got shape {tuple(labels.shape)}")
+        raise ValueError(f"labels must hold one class index per row of the logits ({int(s.shape[0])}), "
+                         f"got shape {dims(labels.shape)}")
     labels = labels.reshape(-1).long()
     if labels.numel() and labels.device.type == "cpu" and plain_eager(labels):
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= s.shape[1]:
-            raise ValueError(f"labels must be in [0, {s.shape[1]}), got {lo if lo < 0 else hi}")
+            raise ValueError(f"labels must be in [0, {int(s.shape[1])}), got {lo if lo < 0 else hi}")
     elif labels.numel():
-        torch._assert_async(((labels >= 0) & (labels < s.shape[1])).all(),
-                            f"kdkernels.decoupled_kd: labels must be in [0, {s.shape[1]})")
+        require_in_graph(((labels >= 0) & (labels < s.shape[1])).all(), "ValueError",
+                         f"kdkernels.decoupled_kd: labels must be in [0, {int(s.shape[1])})")
     return s, t, labels

@@ -42,7 +42,7 @@ def teacher_confidence(cls_logits: torch.Tensor, *, mode: str = "sigmoid") -> to
     V.tensor(cls_logits, "cls_logits")
     V.choice(mode, "mode", V.MODES)
     if cls_logits.dim() < 1 or cls_logits.shape[-1] < 1:
-        raise ValueError(f"cls_logits must have shape (..., K) with K >= 1, got {tuple(cls_logits.shape)}")
+        raise ValueError(f"cls_logits must have shape (..., K) with K >= 1, got {V.dims(cls_logits.shape)}")
     t = _acc(cls_logits.detach())
     probs = torch.sigmoid(t) if mode == "sigmoid" else torch.softmax(t, dim=-1)
     return probs.amax(dim=-1).to(cls_logits.dtype)
@@ -52,9 +52,9 @@ def confidence_map(cls_logits: torch.Tensor, num_anchors: int, *, mode: str = "s
     """One FPN level's head output (N, A·K, H, W) → (N, H, W): max over anchors and classes."""
     V.tensor(cls_logits, "cls_logits")
     if cls_logits.dim() != 4:
-        raise ValueError(f"cls_logits must have shape (N, A*K, H, W), got {tuple(cls_logits.shape)}")
+        raise ValueError(f"cls_logits must have shape (N, A*K, H, W), got {V.dims(cls_logits.shape)}")
     if not isinstance(num_anchors, int) or num_anchors < 1 or cls_logits.shape[1] % num_anchors:
-        raise ValueError(f"num_anchors must be a positive int dividing the {cls_logits.shape[1]} "
+        raise ValueError(f"num_anchors must be a positive int dividing the {int(cls_logits.shape[1])} "
                          f"channels of cls_logits, got {num_anchors!r}")
     n, ak, h, w = cls_logits.shape
     per_anchor = cls_logits.reshape(n, num_anchors, ak // num_anchors, h, w).movedim(2, -1)
@@ -210,6 +210,9 @@ def decoupled_kd(student_logits, teacher_logits, labels, *, alpha=1.0, beta=1.0,
     T = V.positive(temperature, "temperature")
     V.choice(reduction, "reduction", V.REDUCTIONS)
     a, b = _acc(t.detach()) / T, _acc(s) / T
+    # read in bounds even for a label out of [0, K): dkd_inputs reports it (an in-graph assert when
+    # traced, which Inductor may schedule after this gather) instead of a raw index error
+    gt = torch.where((gt >= 0) & (gt < a.shape[1]), gt, 0)
     onehot = F.one_hot(gt, a.shape[1]).bool()
 
     def parts(x):

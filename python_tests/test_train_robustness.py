@@ -249,6 +249,47 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(base, data, tmp_path, cap
     assert f"at iteration {it}" in capsys.readouterr().out
 
 
+def _killed_mid_write(path):
+    """A process that dies by SIGKILL inside atomic_write, after writing part of the temp file."""
+    code = ("import os, signal; from pathlib import Path; from kdkernels.train.checkpoint import atomic_write\n"
+            "def write(tmp):\n    Path(tmp).write_bytes(b'x' * 4096); os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"atomic_write({str(path)!r}, write)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (tmp,) = path.parent.glob(f".{path.name}.tmp*")
+    return tmp
+
+
+def test_resume_sweeps_the_temp_file_of_a_write_killed_by_sigkill(base, run, capsys):
+    """kill -9 during a checkpoint write leaves .checkpoint.pt.tmp<pid> (atomic_write's cleanup cannot
+    run); the next start or resume removes it and says so, and the checkpoints are intact."""
+    ckpt = run / "baseline" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    tmp = _killed_mid_write(ckpt)
+    assert ckpt.read_bytes() == before
+    assert _resume(base, run, 4) == 0
+    out = capsys.readouterr().out
+    assert not tmp.exists() and "removed 1 temp file(s) of an interrupted write" in out and tmp.name in out
+    assert load_verified(ckpt, kind="checkpoint")["iteration"] == 4
+
+
+def test_sweep_keeps_temp_files_of_live_writers_and_other_files(tmp_path):
+    from kdkernels.train.checkpoint import sweep_stale_temp_files
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        keep = [tmp_path / f".checkpoint.pt.tmp{live.pid}", tmp_path / "checkpoint.pt", tmp_path / ".tmp123"]
+        dead = [tmp_path / f".checkpoint.pt.tmp{os.getpid()}", _killed_mid_write(tmp_path / "metrics.json")]
+        for p in keep + dead[:1]:
+            p.write_bytes(b"x")
+        assert sorted(sweep_stale_temp_files(tmp_path)) == sorted(dead)
+        assert all(p.exists() for p in keep) and not any(p.exists() for p in dead)
+    finally:
+        live.kill()
+        live.wait()
+    assert sweep_stale_temp_files(tmp_path / "missing") == []
+
+
 def test_signal_handlers_are_restored_after_training(base, data, tmp_path):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     trainer.train(_cfg(base, f"out_dir={tmp_path}", "train.iterations=1"), "baseline", progress=False)

@@ -29,4 +29,5 @@ cd "$SRC"
 "$PY" -m pytest -q -p no:cacheprovider python_tests/test_api.py python_tests/test_compile.py \
   python_tests/test_autograd_contract.py python_tests/test_numerics_contract.py \
   python_tests/test_row_losses.py python_tests/test_confidence_masked_mse.py \
-  python_tests/test_native_kernels.py python_tests/test_decoupled_kd.py python_tests/test_peer_row_losses.py "$@"
+  python_tests/test_native_kernels.py python_tests/test_decoupled_kd.py python_tests/test_peer_row_losses.py \
+  python_tests/test_compiled_errors.py "$@"

@@ -107,8 +107,12 @@ C10_HOST_DEVICE inline DkdRow<T> dkd_finish_row(const DkdRowSums<T>& r, T alpha,
   dkd_softplus_sigmoid(ut, sp_t, p_t);
   dkd_softplus_sigmoid(us, sp_s, q_s);
   const T tckd = p_t * (ut - us) + sp_s - sp_t;
-  const T delta = q_s - p_t;
-  return {t2 * (alpha * tckd + beta * nckd), G * (beta - alpha * delta) / r.zb, G * beta / r.za,
+  const T loss = t2 * (alpha * tckd + beta * nckd);
+  // A NaN or ±inf row loss (e.g. an infinite target logit, where σ saturates and δ stays finite)
+  // makes the whole row's gradient NaN, as autograd through the formula does: NaN in, NaN out.
+  const T poison = loss * T(0);
+  const T delta = q_s - p_t + poison;
+  return {loss, G * (beta - alpha * delta) / r.zb + poison, G * beta / r.za + poison,
           G * alpha * delta};
 }
 

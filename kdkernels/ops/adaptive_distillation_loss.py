@@ -17,6 +17,7 @@ if _native.HAS_NATIVE:
     register_loss_autograd("kdkernels::adaptive_distillation_loss")
 
 
+@V.argument_errors()
 def adaptive_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                                temperature: float = 1.0, beta: float = 1.0, gamma: float = 2.0,
                                mode: str = "sigmoid", weight: torch.Tensor | None = None,

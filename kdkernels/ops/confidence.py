@@ -10,6 +10,7 @@ import torch
 from .. import _validate as V
 
 
+@V.argument_errors()
 def teacher_confidence(cls_logits: torch.Tensor, *, mode: str = "sigmoid") -> torch.Tensor:
     """Teacher confidence per anchor.
 
@@ -22,7 +23,7 @@ def teacher_confidence(cls_logits: torch.Tensor, *, mode: str = "sigmoid") -> to
     V.tensor(cls_logits, "cls_logits")
     V.choice(mode, "mode", V.MODES)
     if cls_logits.dim() < 1 or cls_logits.shape[-1] < 1:
-        raise ValueError(f"cls_logits must have shape (..., K) with K >= 1, got {tuple(cls_logits.shape)}")
+        raise ValueError(f"cls_logits must have shape (..., K) with K >= 1, got {V.dims(cls_logits.shape)}")
     with torch.no_grad():
         t = cls_logits if cls_logits.dtype in (torch.float32, torch.float64) else cls_logits.float()
         top = t.amax(dim=-1)
@@ -30,6 +31,7 @@ def teacher_confidence(cls_logits: torch.Tensor, *, mode: str = "sigmoid") -> to
         return conf.to(cls_logits.dtype)
 
 
+@V.argument_errors()
 def confidence_map(cls_logits: torch.Tensor, num_anchors: int, *, mode: str = "sigmoid") -> torch.Tensor:
     """Per-pixel teacher confidence of one FPN level.
 
@@ -42,9 +44,9 @@ def confidence_map(cls_logits: torch.Tensor, num_anchors: int, *, mode: str = "s
     """
     V.tensor(cls_logits, "cls_logits")
     if cls_logits.dim() != 4:
-        raise ValueError(f"cls_logits must have shape (N, A*K, H, W), got {tuple(cls_logits.shape)}")
+        raise ValueError(f"cls_logits must have shape (N, A*K, H, W), got {V.dims(cls_logits.shape)}")
     if not isinstance(num_anchors, int) or num_anchors < 1 or cls_logits.shape[1] % num_anchors:
-        raise ValueError(f"num_anchors must be a positive int dividing the {cls_logits.shape[1]} "
+        raise ValueError(f"num_anchors must be a positive int dividing the {int(cls_logits.shape[1])} "
                          f"channels of cls_logits, got {num_anchors!r}")
     V.choice(mode, "mode", V.MODES)
     n, ak, h, w = cls_logits.shape

@@ -7,6 +7,7 @@ from .. import _validate as V, reference
 from .separable_weighted_mse import fused_separable_mse
 
 
+@V.argument_errors()
 def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, confidence: torch.Tensor, *,
                           threshold: float = 0.0, power: float = 1.0, reduction: str = "mean",
                           eps: float = 1e-6) -> torch.Tensor:

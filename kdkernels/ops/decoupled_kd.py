@@ -18,6 +18,7 @@ if _native.HAS_NATIVE:
     register_loss_autograd("kdkernels::decoupled_kd")
 
 
+@V.argument_errors()
 def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
                  alpha: float = 1.0, beta: float = 1.0, temperature: float = 1.0,
                  reduction: str = "mean") -> torch.Tensor:

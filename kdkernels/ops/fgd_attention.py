@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference
+from .. import _validate as V, reference
 
 
+@V.argument_errors(outputs=2)
 def fgd_attention(features: torch.Tensor, temperature: float = 0.5):
     """Spatial and channel attention of FGD (Yang et al., CVPR 2022, "Focal and Global Knowledge
     Distillation for Detectors").

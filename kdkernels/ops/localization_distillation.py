@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import _validate as V
 from .soft_label_kl import soft_label_kl
 
 
+@V.argument_errors()
 def localization_distillation(student_bins: torch.Tensor, teacher_bins: torch.Tensor, *,
                               temperature: float = 10.0, weight: torch.Tensor | None = None,
                               reduction: str = "mean", eps: float = 1e-6) -> torch.Tensor:

@@ -20,6 +20,7 @@ if _native.HAS_NATIVE:
     register_loss_autograd("kdkernels::pearson_feature_loss")
 
 
+@V.argument_errors()
 def pearson_feature_loss(student: torch.Tensor, teacher: torch.Tensor, *,
                          reduction: str = "mean") -> torch.Tensor:
     """Pearson-correlation feature distillation (Cao et al., NeurIPS 2022, "PKD"; MMRazor ``PKDLoss``).

@@ -42,6 +42,7 @@ def fused_separable_mse(op: str, student: torch.Tensor, teacher: torch.Tensor,
                       channel_weight, reduction, eps)
 
 
+@V.argument_errors()
 def separable_weighted_mse(student: torch.Tensor, teacher: torch.Tensor, spatial_weight: torch.Tensor,
                            channel_weight: torch.Tensor | None = None, *, reduction: str = "mean",
                            eps: float = 1e-6) -> torch.Tensor:

@@ -17,6 +17,7 @@ if _native.HAS_NATIVE:
     register_loss_autograd("kdkernels::soft_label_kl")
 
 
+@V.argument_errors()
 def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                   temperature: float = 1.0, mode: str = "softmax", weight: torch.Tensor | None = None,
                   reduction: str = "mean", eps: float = 1e-6,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -43,13 +44,55 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: Path) -> Path:
+    """The temp file `atomic_write` writes before the rename: <folder>/.<name>.tmp<pid>."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale_temp_files(folder) -> list:
+    """Remove the temp files of `atomic_write`s that never finished (a `kill -9` or power loss
+    between the write and the rename) from `folder`; returns the removed paths.
+
+    A temp file is stale when the process that wrote it (the pid in its name) no longer runs, or
+    is this process (whose own writes are not in flight while this runs). Temp files of other live
+    processes are kept: they may be writing now. The files they were to replace are untouched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        m = _TEMP_NAME.match(p.name)
+        if not m or not p.is_file():
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and _process_alive(pid):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def atomic_write(path, write, *, before_replace=None) -> None:
     """`write(tmp_path)` writes the content; the temp file is fsynced and renamed over `path`
     (`before_replace()` runs just before the rename). On any failure (or interruption) the temp
-    file is removed and `path` is untouched."""
+    file is removed and `path` is untouched. A `kill -9` cannot run that cleanup: its temp file
+    stays until `sweep_stale_temp_files` (the trainer calls it on every start and resume)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_text, load_latest, load_verified,  # noqa: F401
-                         previous_path, save_checkpoint, save_verified)
+                         previous_path, save_checkpoint, save_verified, sweep_stale_temp_files)
 from .config import PEER_KEYS, Config, DistillConfig
 from .data import CocoDetection, ImageFolder, check_same_categories
 from .distill import FeatureAdapter, distill_losses, needs_adapted_features
@@ -397,6 +397,7 @@ def train(cfg: Config, mode: str, *, resume: bool = False, progress: bool = True
     env = Dist(resolve_device(cfg.train.device))
     seed_everything(cfg.seed + env.rank)
     run = _load_data(cfg, mode, env)
+    _sweep_interrupted_writes(run)
     _build_models(run)
     if resume:
         _resume(run, resume)
@@ -414,6 +415,15 @@ def _load_data(cfg: Config, mode: str, env: Dist) -> Run:
         check_categories(cfg)
     unlabeled = unlabeled_dataset(cfg) if mode == "distill" and cfg.train.unlabeled_every > 0 else None
     return Run(cfg, mode, env, train_set, unlabeled)
+
+
+def _sweep_interrupted_writes(run: Run) -> None:
+    """Rank 0 removes the temp files a killed earlier run left in the stage's folder (and says so)."""
+    if run.env.main:
+        removed = sweep_stale_temp_files(run.out)
+        if removed:
+            run.say(f"removed {len(removed)} temp file(s) of an interrupted write: "
+                    + ", ".join(p.name for p in removed))
 
 
 def _build_models(run: Run) -> None:

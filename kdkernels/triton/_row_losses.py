@@ -61,29 +61,40 @@ def _softmax_row_factor(kl, h, beta, gamma, wgrad, ADAPTIVE: tl.constexpr):
 
 
 @triton.jit
+def _load_raw(t_row, s_row, cols, rmask, cmask, ACC: tl.constexpr):
+    """t, s on a BLOCK_R × BLOCK_K tile, in ACC, untempered; -inf past column K (no part in the max
+    or the sums), 0 on rows past R (finite, dropped later)."""
+    m2 = rmask[:, None] & cmask[None, :]
+    t = tl.load(t_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC)
+    s = tl.load(s_row[:, None] + cols[None, :], mask=m2, other=0.0).to(ACC)
+    return tl.where(cmask[None, :], t, float("-inf")), tl.where(cmask[None, :], s, float("-inf"))
+
+
+@triton.jit
 def _softmax_one_block(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgrad,
                        ADAPTIVE: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """Softmax rows of K <= BLOCK_K: loss before T² from one load, and the gradient g · factor ·
-    (q − p) from the same exponentials."""
+    (q − p) from the same exponentials. As csrc/ops/cpu/row_losses.h: the logits are shifted by
+    their row max before scaling, da = (t − max t)/T <= 0 (exactly 0 at the max for any T, which a
+    contracted t/T − max need not be), and KL = Σ x (da − db) / za + log zb − log za."""
     cols = tl.arange(0, BLOCK_K)
     cmask = cols < K
     m2 = rmask[:, None] & cmask[None, :]
-    a, b = _load_tempered(t_row, s_row, cols, m2, inv_t, ACC)
-    am = tl.where(cmask[None, :], a, float("-inf"))
-    bm = tl.where(cmask[None, :], b, float("-inf"))
-    ma = tl.max(am, axis=1)
-    mb = tl.max(bm, axis=1)
-    x = tl.exp(am - ma[:, None])
-    y = tl.exp(bm - mb[:, None])
+    t, s = _load_raw(t_row, s_row, cols, rmask, cmask, ACC)
+    mt = tl.max(t, axis=1)
+    ms = tl.max(s, axis=1)
+    da = (t - mt[:, None]) * inv_t
+    db = (s - ms[:, None]) * inv_t
+    x = tl.exp(da)
+    y = tl.exp(db)
     za = tl.sum(x, axis=1)
     zb = tl.sum(y, axis=1)
-    sd = tl.sum(x * (a - b), axis=1)
-    sa = tl.sum(x * a, axis=1)
-    lse_a = ma + tl.log(za)
-    lse_b = mb + tl.log(zb)
-    kl = sd / za + lse_b - lse_a
-    row, factor = _softmax_row_factor(kl, lse_a - sa / za, beta, gamma, wgrad, ADAPTIVE)
+    sd = tl.sum(tl.where(cmask[None, :], x * (da - db), 0.0), axis=1)
+    sa = tl.sum(tl.where(cmask[None, :], x * da, 0.0), axis=1)
+    log_za = tl.log(za)
+    kl = sd / za + tl.log(zb) - log_za
+    row, factor = _softmax_row_factor(kl, log_za - sa / za, beta, gamma, wgrad, ADAPTIVE)
     if WRITE_GRAD:
         gf = g * factor
         _store_grad(g_row, cols, m2, (gf / zb)[:, None] * y - (gf / za)[:, None] * x)
@@ -93,10 +104,11 @@ def _softmax_one_block(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgr
 @triton.jit
 def _softmax_online_sums(t_row, s_row, rmask, K, inv_t, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
                          BLOCK_K: tl.constexpr):
-    """Pass 1 over rows longer than one block: running max and rescaled sums of both softmaxes.
-    Returns (lse(a), lse(b), KL, H) per row."""
-    ma = tl.full([BLOCK_R], float("-inf"), ACC)
-    mb = tl.full([BLOCK_R], float("-inf"), ACC)
+    """Pass 1 over rows longer than one block: running (untempered) maxima and rescaled sums of
+    both softmaxes, every exponent (t − max)/T shifted before scaling (see _softmax_one_block).
+    Returns (max t, max s, log za, log zb, KL, H) per row; sd = Σ x (t − s)/T, sa = Σ x (t − max t)/T."""
+    mt = tl.full([BLOCK_R], float("-inf"), ACC)
+    ms = tl.full([BLOCK_R], float("-inf"), ACC)
     za = tl.zeros([BLOCK_R], ACC)
     zb = tl.zeros([BLOCK_R], ACC)
     sd = tl.zeros([BLOCK_R], ACC)
@@ -104,34 +116,37 @@ def _softmax_online_sums(t_row, s_row, rmask, K, inv_t, ACC: tl.constexpr, BLOCK
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
-        a, b = _load_tempered(t_row, s_row, cols, rmask[:, None] & cmask[None, :], inv_t, ACC)
-        am = tl.where(cmask[None, :], a, float("-inf"))
-        bm = tl.where(cmask[None, :], b, float("-inf"))
-        ma_new = tl.maximum(ma, tl.max(am, axis=1))
-        mb_new = tl.maximum(mb, tl.max(bm, axis=1))
-        x = tl.exp(am - ma_new[:, None])
-        ca = tl.exp(ma - ma_new)  # 0 on the first block (ma = -inf)
+        t, s = _load_raw(t_row, s_row, cols, rmask, cmask, ACC)
+        mt_new = tl.maximum(mt, tl.max(t, axis=1))
+        ms_new = tl.maximum(ms, tl.max(s, axis=1))
+        da = (t - mt_new[:, None]) * inv_t
+        x = tl.exp(da)
+        ca = tl.exp((mt - mt_new) * inv_t)  # 0 on the first block (mt = -inf)
+        shift = tl.where(mt == float("-inf"), 0.0, (mt - mt_new) * inv_t)
+        sa = ca * (sa + za * shift) + tl.sum(tl.where(cmask[None, :], x * da, 0.0), axis=1)
         za = za * ca + tl.sum(x, axis=1)
-        zb = zb * tl.exp(mb - mb_new) + tl.sum(tl.exp(bm - mb_new[:, None]), axis=1)
-        sd = sd * ca + tl.sum(x * (a - b), axis=1)
-        sa = sa * ca + tl.sum(x * a, axis=1)
-        ma = ma_new
-        mb = mb_new
-    lse_a = ma + tl.log(za)
-    lse_b = mb + tl.log(zb)
-    return lse_a, lse_b, sd / za + lse_b - lse_a, lse_a - sa / za
+        zb = zb * tl.exp((ms - ms_new) * inv_t) + tl.sum(tl.exp((s - ms_new[:, None]) * inv_t), axis=1)
+        sd = sd * ca + tl.sum(tl.where(cmask[None, :], x * ((t - s) * inv_t), 0.0), axis=1)
+        mt = mt_new
+        ms = ms_new
+    log_za = tl.log(za)
+    log_zb = tl.log(zb)
+    kl = sd / za + (ms - mt) * inv_t + log_zb - log_za
+    return mt, ms, log_za, log_zb, kl, log_za - sa / za
 
 
 @triton.jit
-def _softmax_grad_pass(t_row, s_row, g_row, rmask, K, inv_t, lse_a, lse_b, gf,
+def _softmax_grad_pass(t_row, s_row, g_row, rmask, K, inv_t, mt, ms, log_za, log_zb, gf,
                        ACC: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Pass 2 over rows longer than one block: gradient gf · (q − p), q = exp(b − lse(b))."""
+    """Pass 2 over rows longer than one block: gradient gf · (q − p), q = exp((s − max s)/T − log zb)."""
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        m2 = rmask[:, None] & (cols < K)[None, :]
-        a, b = _load_tempered(t_row, s_row, cols, m2, inv_t, ACC)
-        gr = gf[:, None] * (tl.exp(b - lse_b[:, None]) - tl.exp(a - lse_a[:, None]))
-        _store_grad(g_row, cols, m2, gr)
+        cmask = cols < K
+        m2 = rmask[:, None] & cmask[None, :]
+        t, s = _load_raw(t_row, s_row, cols, rmask, cmask, ACC)
+        q = tl.exp((s - ms[:, None]) * inv_t - log_zb[:, None])
+        p = tl.exp((t - mt[:, None]) * inv_t - log_za[:, None])
+        _store_grad(g_row, cols, m2, gf[:, None] * (q - p))
 
 
 @triton.jit
@@ -203,11 +218,12 @@ def _row_loss_kernel(
             row = _softmax_one_block(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgrad,
                                      ADAPTIVE, WRITE_GRAD, ACC, BLOCK_K)
         else:
-            lse_a, lse_b, kl, h = _softmax_online_sums(t_row, s_row, rmask, K, inv_t, ACC, BLOCK_R, BLOCK_K)
+            mt, ms, log_za, log_zb, kl, h = _softmax_online_sums(t_row, s_row, rmask, K, inv_t, ACC,
+                                                                  BLOCK_R, BLOCK_K)
             row, factor = _softmax_row_factor(kl, h, beta, gamma, wgrad, ADAPTIVE)
             if WRITE_GRAD:
-                _softmax_grad_pass(t_row, s_row, g_row, rmask, K, inv_t, lse_a, lse_b, g * factor,
-                                   ACC, BLOCK_K)
+                _softmax_grad_pass(t_row, s_row, g_row, rmask, K, inv_t, mt, ms, log_za, log_zb,
+                                   g * factor, ACC, BLOCK_K)
     else:
         row = _sigmoid_rows(t_row, s_row, g_row, rmask, K, inv_t, g, beta, gamma, wgrad,
                             ADAPTIVE, WRITE_GRAD, ACC, BLOCK_R, BLOCK_K)

@@ -103,9 +103,11 @@ def _dkd_kernel(
     nckd = d / za + lb - la
     v = (temp * temp) * (alpha * tckd + beta * nckd)
     if WRITE_GRAD:
-        delta = q_s - p_t
+        poison = v * 0.0  # a NaN/±inf row loss makes the row's gradient NaN (decoupled_kd.h)
+        delta = q_s - p_t + poison
         _dkd_grad_pass(t_row, s_row, grad_ptr + rows * K, g, rmask, K, inv_t, ma, mb,
-                       G * (beta - alpha * delta) / zb, G * beta / za, G * alpha * delta, ACC, BLOCK_K)
+                       G * (beta - alpha * delta) / zb + poison, G * beta / za + poison,
+                       G * alpha * delta, ACC, BLOCK_K)
     if WRITE_ROWS:
         tl.store(out_ptr + rows, v.to(out_ptr.dtype.element_ty), mask=rmask)
     else:

@@ -25,22 +25,22 @@ KDK_INLINE acc_t dkd_row(const acc_t* s, const acc_t* t, int64_t K, int64_t g,
     ma = (other & (t[k] > ma)) ? t[k] : ma;
     mb = (other & (s[k] > mb)) ? s[k] : mb;
   }
-  ma *= c.inv_t;
-  mb *= c.inv_t;
+  // exponents shifted before scaling, (t − max)/T <= 0: exactly 0 at the max for any T (scaling
+  // first lets the compiler contract t/T − max into an fma that overflows exp at a tiny T)
   acc_t za = 0, zb = 0, d = 0;
 #pragma omp simd reduction(+ : za, zb, d)
   for (int64_t k = 0; k < K; ++k) {
     const bool other = k != g;
     const acc_t a = t[k] * c.inv_t, b = s[k] * c.inv_t;
-    const acc_t x = other ? vmath::exp_(a - ma) : acc_t(0);
-    const acc_t y = other ? vmath::exp_(b - mb) : acc_t(0);
+    const acc_t x = other ? vmath::exp_((t[k] - ma) * c.inv_t) : acc_t(0);
+    const acc_t y = other ? vmath::exp_((s[k] - mb) * c.inv_t) : acc_t(0);
     ea[k] = x;
     eb[k] = y;
     za += x;
     zb += y;
     d += other ? x * (a - b) : acc_t(0);
   }
-  const DkdRowSums<acc_t> sums{ma, mb, za, zb, d, t[g] * c.inv_t, s[g] * c.inv_t};
+  const DkdRowSums<acc_t> sums{ma * c.inv_t, mb * c.inv_t, za, zb, d, t[g] * c.inv_t, s[g] * c.inv_t};
   const DkdRow<acc_t> row = dkd_finish_row(sums, c.alpha, c.beta, c.t2, c.G);
   if constexpr (kGrad) {
 #pragma omp simd

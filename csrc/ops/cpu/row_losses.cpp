@@ -36,7 +36,7 @@ at::opmath_type<scalar_t> row_blocks(const scalar_t* s, const scalar_t* t,
     const int64_t span = rows_per_block * K;
     std::vector<acc_t> sbuf(staged ? span : 0), tbuf(staged ? span : 0),
         gbuf(staged && kGrad ? span : 0);
-    std::vector<acc_t> ea(span), eb(span), rs(kSoftmax ? 6 * rows_per_block : 0);
+    std::vector<acc_t> ea(span), eb(span), rs(kSoftmax ? 4 * rows_per_block : 0);
     std::vector<acc_t> gscale(rows_per_block), row_loss(rows_per_block);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * rows_per_block;

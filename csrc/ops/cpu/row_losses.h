@@ -72,12 +72,16 @@ KDK_INLINE void sigmoid_elems(const acc_t* s, const acc_t* t, int64_t n, const R
   }
 }
 
-// One row's softmax sums on tempered logits a = t/T, b = s/T: maxima, Σ exp(a − max a) (za),
-// Σ exp(b − max b) (zb), Σ exp(a − max a)·(a − b) (sd) and, for ADL, Σ exp(a − max a)·a (sa). The
-// exps are written to ea/eb (K values each) for the gradient pass.
+// One row's softmax sums on the shifted tempered logits da = (t − max t)/T, db = (s − max s)/T
+// (both <= 0): za = Σ exp(da), zb = Σ exp(db), sd = Σ exp(da)·(da − db) and, for ADL,
+// sa = Σ exp(da)·da. The exps are written to ea/eb (K values each) for the gradient pass. Then
+//   KL = sd / za + log zb − log za,   H = log za − sa / za
+// (the maxima cancel: no large lse(a), lse(b) to subtract). Shifting before scaling keeps the
+// max's exponent exactly 0 at any T: scaling first, a compiler may contract t/T − max into an
+// fma whose rounding differs from the max's (a tiny T then made exp(±ulp(t/T)) overflow).
 template <typename acc_t>
 struct SoftmaxSums {
-  acc_t ma, mb, za, zb, sd, sa;
+  acc_t za, zb, sd, sa;
 };
 
 template <typename acc_t, bool kAdaptive>
@@ -89,23 +93,21 @@ KDK_INLINE SoftmaxSums<acc_t> softmax_sums(const acc_t* s, const acc_t* t, int64
     ma = t[k] > ma ? t[k] : ma;
     mb = s[k] > mb ? s[k] : mb;
   }
-  ma *= c.inv_t;
-  mb *= c.inv_t;
   acc_t za = 0, zb = 0, sd = 0, sa = 0;
 #pragma omp simd reduction(+ : za, zb, sd, sa)
   for (int64_t k = 0; k < K; ++k) {
-    const acc_t a = t[k] * c.inv_t;
-    const acc_t b = s[k] * c.inv_t;
-    const acc_t x = vmath::exp_(a - ma);
-    const acc_t y = vmath::exp_(b - mb);
+    const acc_t da = (t[k] - ma) * c.inv_t;
+    const acc_t db = (s[k] - mb) * c.inv_t;
+    const acc_t x = vmath::exp_(da);
+    const acc_t y = vmath::exp_(db);
     ea[k] = x;
     eb[k] = y;
     za += x;
     zb += y;
-    sd += x * (a - b);
-    if constexpr (kAdaptive) sa += x * a;
+    sd += x * (da - db);
+    if constexpr (kAdaptive) sa += x * da;
   }
-  return {ma, mb, za, zb, sd, sa};
+  return {za, zb, sd, sa};
 }
 
 // grad = gq · eb − gp · ea over one row of K.
@@ -123,9 +125,7 @@ KDK_INLINE acc_t softmax_kl_row(const acc_t* s, const acc_t* t, int64_t K,
                                 const RowConsts<acc_t>& c, acc_t g, acc_t* grad, acc_t* ea,
                                 acc_t* eb) {
   const SoftmaxSums<acc_t> m = softmax_sums<acc_t, false>(s, t, K, c, ea, eb);
-  const acc_t lse_a = m.ma + std::log(m.za);
-  const acc_t lse_b = m.mb + std::log(m.zb);
-  const acc_t kl = m.sd / m.za + lse_b - lse_a;
+  const acc_t kl = m.sd / m.za + std::log(m.zb) - std::log(m.za);
   if constexpr (kGrad) softmax_grad_row(ea, eb, K, g / m.za, g / m.zb, grad);
   return kl * c.t2;
 }
@@ -136,18 +136,15 @@ KDK_INLINE acc_t softmax_kl_row(const acc_t* s, const acc_t* t, int64_t K,
 //   1. per row: softmax_sums, exps kept in ea/eb
 //   2. over rows: lse, KL, H, the adaptive weight → row loss and the two gradient scales
 //   3. per row: grad = gq · eb − gp · ea
-// ea/eb: rows·K values each; rs: 6·rows values of per-row scratch.
+// ea/eb: rows·K values each; rs: 4·rows values of per-row scratch.
 template <typename acc_t, bool kGrad>
 KDK_INLINE void softmax_adl_rows(const acc_t* s, const acc_t* t, int64_t rows, int64_t K,
                                  const RowConsts<acc_t>& c, const acc_t* gscale, acc_t* grad,
                                  acc_t* row_loss, acc_t* ea, acc_t* eb, acc_t* rs) {
-  acc_t *ma = rs, *mb = rs + rows, *za = rs + 2 * rows, *zb = rs + 3 * rows;
-  acc_t *sd = rs + 4 * rows, *sa = rs + 5 * rows;
+  acc_t *za = rs, *zb = rs + rows, *sd = rs + 2 * rows, *sa = rs + 3 * rows;
   for (int64_t r = 0; r < rows; ++r) {
     const SoftmaxSums<acc_t> m =
         softmax_sums<acc_t, true>(s + r * K, t + r * K, K, c, ea + r * K, eb + r * K);
-    ma[r] = m.ma;
-    mb[r] = m.mb;
     za[r] = m.za;
     zb[r] = m.zb;
     sd[r] = m.sd;
@@ -155,10 +152,9 @@ KDK_INLINE void softmax_adl_rows(const acc_t* s, const acc_t* t, int64_t rows, i
   }
 #pragma omp simd
   for (int64_t r = 0; r < rows; ++r) {
-    const acc_t lse_a = ma[r] + vmath::log_(za[r]);
-    const acc_t lse_b = mb[r] + vmath::log_(zb[r]);
-    const acc_t kl = sd[r] / za[r] + lse_b - lse_a;
-    const acc_t h = lse_a - sa[r] / za[r];
+    const acc_t log_za = vmath::log_(za[r]);
+    const acc_t kl = sd[r] / za[r] + vmath::log_(zb[r]) - log_za;
+    const acc_t h = log_za - sa[r] / za[r];
     acc_t d = kl + c.beta * h;
     d = d > acc_t(0) ? d : acc_t(0);
     const acc_t e = vmath::one_minus_exp_neg_(d);
@@ -178,7 +174,7 @@ KDK_INLINE void softmax_adl_rows(const acc_t* s, const acc_t* t, int64_t rows, i
 }
 
 // Loss of `rows` consecutive rows; gscale[r] = T · w_r / norm (the row's gradient factor).
-// Scratch: ea/eb rows·K values each, rs 6·rows values.
+// Scratch: ea/eb rows·K values each, rs 4·rows values.
 template <typename acc_t, bool kSoftmax, bool kGrad, bool kAdaptive>
 KDK_INLINE void rows_impl(const acc_t* s, const acc_t* t, int64_t rows, int64_t K,
                           const RowConsts<acc_t>& c, const acc_t* gscale, acc_t* grad,

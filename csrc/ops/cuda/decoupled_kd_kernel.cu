@@ -37,8 +37,8 @@ __global__ void decoupled_kd_kernel(const scalar_t* __restrict__ s, const scalar
   acc_t ma = -INFINITY, mb = -INFINITY, za = 0, zb = 0, d = 0;
   for (int64_t k = lane; k < K; k += kWarp) {
     if (k == g) continue;
-    const acc_t a = static_cast<acc_t>(t[base + k]) * p.inv_t;
-    const acc_t b = static_cast<acc_t>(s[base + k]) * p.inv_t;
+    const acc_t a = temper(static_cast<acc_t>(t[base + k]), p.inv_t);
+    const acc_t b = temper(static_cast<acc_t>(s[base + k]), p.inv_t);
     if (a > ma) {
       const acc_t r = dexp(ma - a);
       za *= r;
@@ -61,14 +61,14 @@ __global__ void decoupled_kd_kernel(const scalar_t* __restrict__ s, const scalar
   d = warp_sum(d * ra);
   zb = warp_sum(zb * rb);
   const acc_t nan = acc_t(NAN);
-  const acc_t ag = valid ? static_cast<acc_t>(t[base + g]) * p.inv_t : nan;
-  const acc_t bg = valid ? static_cast<acc_t>(s[base + g]) * p.inv_t : nan;
+  const acc_t ag = valid ? temper(static_cast<acc_t>(t[base + g]), p.inv_t) : nan;
+  const acc_t bg = valid ? temper(static_cast<acc_t>(s[base + g]), p.inv_t) : nan;
   const DkdRow<acc_t> r = dkd_finish_row(DkdRowSums<acc_t>{gma, gmb, za, zb, d, ag, bg}, p.alpha,
                                          p.beta, p.t2, p.G);
   if constexpr (kGrad) {
     for (int64_t k = lane; k < K; k += kWarp) {
-      const acc_t a = static_cast<acc_t>(t[base + k]) * p.inv_t;
-      const acc_t b = static_cast<acc_t>(s[base + k]) * p.inv_t;
+      const acc_t a = temper(static_cast<acc_t>(t[base + k]), p.inv_t);
+      const acc_t b = temper(static_cast<acc_t>(s[base + k]), p.inv_t);
       const acc_t v = k == g ? r.g_target : r.gq * dexp(b - gmb) - r.gp * dexp(a - gma);
       grad[base + k] = static_cast<scalar_t>(v);
     }

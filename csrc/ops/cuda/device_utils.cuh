@@ -23,6 +23,12 @@ __device__ __forceinline__ double dexpm1(double x) { return ::expm1(x); }
 __device__ __forceinline__ float dpow(float x, float y) { return ::powf(x, y); }
 __device__ __forceinline__ double dpow(double x, double y) { return ::pow(x, y); }
 
+// x / T as a rounded product that is never contracted into an fma with a later subtraction: the
+// kernels compare, shift by and subtract tempered logits, so every use must see the same rounded
+// value (an fma of x·inv_t − max keeps the exact product: at a tiny T, exp(±ulp) of the max overflowed).
+__device__ __forceinline__ float temper(float x, float inv_t) { return __fmul_rn(x, inv_t); }
+__device__ __forceinline__ double temper(double x, double inv_t) { return __dmul_rn(x, inv_t); }
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

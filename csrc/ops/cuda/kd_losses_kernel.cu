@@ -260,8 +260,8 @@ __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* 
       V gv;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        const acc_t a = static_cast<acc_t>(a_v.v[j]) * p.inv_t;
-        const acc_t b = static_cast<acc_t>(b_v.v[j]) * p.inv_t;
+        const acc_t a = temper(static_cast<acc_t>(a_v.v[j]), p.inv_t);
+        const acc_t b = temper(static_cast<acc_t>(b_v.v[j]), p.inv_t);
         acc_t spa, pa, spb, qb;
         softplus_sigmoid(a, spa, pa);
         softplus_sigmoid(b, spb, qb);
@@ -286,8 +286,8 @@ __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* 
       const V a_v = tv[v], b_v = sv[v];
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        const acc_t a = static_cast<acc_t>(a_v.v[j]) * p.inv_t;
-        const acc_t b = static_cast<acc_t>(b_v.v[j]) * p.inv_t;
+        const acc_t a = temper(static_cast<acc_t>(a_v.v[j]), p.inv_t);
+        const acc_t b = temper(static_cast<acc_t>(b_v.v[j]), p.inv_t);
         if (a > ma) {
           const acc_t r = dexp(ma - a);
           za *= r; sd *= r; sa *= r; ma = a;
@@ -314,8 +314,8 @@ __global__ void row_loss_kernel(const scalar_t* __restrict__ s, const scalar_t* 
         V gv;
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const acc_t a = static_cast<acc_t>(a_v.v[j]) * p.inv_t;
-          const acc_t b = static_cast<acc_t>(b_v.v[j]) * p.inv_t;
+          const acc_t a = temper(static_cast<acc_t>(a_v.v[j]), p.inv_t);
+          const acc_t b = temper(static_cast<acc_t>(b_v.v[j]), p.inv_t);
           gv.v[j] = static_cast<scalar_t>(zero_grad ? acc_t(0) : gf * (dexp(b - lse_b) - dexp(a - lse_a)));
         }
         reinterpret_cast<V*>(grad + base)[v] = gv;
