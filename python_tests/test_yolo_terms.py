@@ -2,6 +2,7 @@
 their float64 formulas written out here; the feature term against Ultralytics' own loss_sl2; the
 model's loss on labelled and unlabeled batches; teacher checks; config errors; compile."""
 import math
+import re
 
 import pytest
 import torch
@@ -332,3 +333,26 @@ def test_package_sets_yolo_offline():
     import os
     assert os.environ.get("YOLO_OFFLINE") == "1" or "YOLO_OFFLINE" in os.environ
     assert kdu.KD_DEFAULTS["offline"] is True and not math.isnan(kdu.KD_DEFAULTS["kd_T"])
+
+
+def test_unlabeled_with_every_unlabeled_term_off_is_an_error(tmp_path):
+    """Unlabeled batches would have no loss at all (the backward failed at the first one)."""
+    off = {"unlabeled": str(tmp_path), "kd_feat": 0, "kd_unl": 0, "kd_ld": 0}
+    with pytest.raises(ValueError, match=r"'unlabeled=.*' with kd_feat=0, kd_unl=0, kd_ld=0: no term runs"):
+        kd_config(off)
+    with pytest.raises(ValueError, match="no term runs on unlabeled batches"):
+        kd_config({**off, "kd_cls": 0})  # every weight 0
+    assert kd_config({**off, "kd_ld": 0.5}).kd_ld == 0.5  # one term left on unlabeled batches: fine
+    assert kd_config({**off, "unlabeled_ratio": 0}).unlabeled_ratio == 0  # no unlabeled batch: fine
+    assert kd_config({**off, "unlabeled": None}).kd_feat == 0  # labelled batches keep the detection loss
+
+
+def test_teacher_that_is_not_a_yolo_model_names_distill_model(tmp_path):
+    linear, garbage = tmp_path / "linear.pt", tmp_path / "garbage.pt"
+    torch.save(torch.nn.Linear(2, 2), linear)
+    garbage.write_bytes(b"not a checkpoint")
+    for path in (linear, garbage):
+        with pytest.raises(ValueError, match=rf"distill_model={re.escape(str(path))}: cannot load it as an Ultra"):
+            KDDistillationModel(str(path), _model("yolo11n.yaml", 2), KDConfig())
+    with pytest.raises(ValueError, match="distill_model=Linear: holds a Linear, not an Ultralytics detection model"):
+        KDDistillationModel(torch.nn.Linear(2, 2), _model("yolo11n.yaml", 2), KDConfig())

@@ -2,13 +2,17 @@
 KDDetectionTrainer on the embedded synthetic set exported in YOLO format, with the network blocked;
 YOLO26 (no DFL); resume; compile left on; the DDP launcher's generated script."""
 import csv
+import json
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("ultralytics")
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
@@ -195,3 +199,93 @@ def test_cli_make_data_and_train(data, teacher11, tmp_path, no_network):
     (row,) = list(csv.DictReader(open(tmp_path / "cli" / "results.csv")))
     assert "train/kd_cls" in row and "train/kd_ld" not in row and float(row["train/kd_feat"]) > 0
     assert no_network == []
+
+
+def test_every_unlabeled_term_off_is_refused_before_training(data, teacher11, tmp_path):
+    """It crashed at the first unlabeled batch (no loss with a gradient); now the trainer refuses it."""
+    with pytest.raises(ValueError, match=r"with kd_feat=0, kd_unl=0, kd_ld=0: no term runs on unlabeled batches"):
+        KDDetectionTrainer(overrides=_args(data, teacher11, tmp_path, unlabeled=data["unlabeled"], kd_feat=0,
+                                           kd_ld=0, kd_unl=0))
+
+
+def test_imgsz_not_a_multiple_of_the_stride_is_rounded_up(data, teacher11, tmp_path):
+    """As in Ultralytics (imgsz=33 → 64 with a warning); the distillation model's setup forward at 33 px failed."""
+    trainer = KDDetectionTrainer(overrides=_args(data, teacher11, tmp_path, imgsz=33, fraction=0.25))
+    trainer.train()
+    assert trainer.args.imgsz == 64
+    (row,) = _csv(trainer)
+    assert float(row["train/kd_feat"]) > 0
+
+
+def test_unreadable_unlabeled_image_fails_before_the_first_step(data, teacher11, tmp_path):
+    """Every unlabeled image is decoded once when the loader is built (as kdkernels-train does); a
+    truncated one failed the run at the first unlabeled batch."""
+    folder = tmp_path / "unl"
+    folder.mkdir()
+    sources = sorted(Path(data["unlabeled"]).iterdir())[:3]
+    for src in sources:
+        (folder / src.name).write_bytes(src.read_bytes())
+    good = sources[0].read_bytes()
+    (folder / "zz_trunc.png").write_bytes(good[:len(good) // 2])
+    trainer = KDDetectionTrainer(overrides=_args(data, teacher11, tmp_path, unlabeled=str(folder)))
+    steps = []
+    trainer.add_callback("on_train_batch_start", lambda t: steps.append(1))
+    with pytest.raises(ValueError, match=rf"unlabeled={re.escape(str(folder))}: 1 unreadable image .*zz_trunc\.png"):
+        trainer.train()
+    assert steps == []
+
+
+def _coco_set(root: Path, bbox, category_id=1) -> Path:
+    """A one-image COCO set (train and val) whose train annotation id 7 has ``bbox`` and ``category_id``."""
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(root / "images" / split / "a.png")
+    (root / "annotations").mkdir()
+    for split, box, cat in (("train", bbox, category_id), ("val", [1, 1, 5, 5], 1)):
+        ann = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 32}],
+               "annotations": [{"id": 7, "image_id": 1, "category_id": cat, "bbox": box, "iscrowd": 0}],
+               "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(ann))
+    return root
+
+
+@pytest.mark.parametrize("bbox,category_id,match", [
+    ([10, 10, float("nan"), 5], 1, "bbox must be 4 finite numbers"),
+    ([50, 10, 30, 5], 1, r"is outside the image \(a\.png, 64x32\)"),
+    ([10, 10, -4, 5], 1, "has negative width or height"),
+    ([10, 10, 4, 5], 9, "unknown category id 9"),
+])
+def test_make_data_checks_coco_annotations_as_kdkernels_train_does(tmp_path, capsys, bbox, category_id, match):
+    """The converter reads COCO files through kdkernels-train's check: NaN became the label line
+    'k nan … nan …', out-of-image boxes were clipped, negative sizes and unknown categories dropped."""
+    from kdkernels.integrations.ultralytics.cli import main
+    from kdkernels.train.data import CocoDetection
+    coco = _coco_set(tmp_path / "coco", bbox, category_id)
+    where = rf"instances_train\.json: annotation id 7 \(image id 1\): .*{match}"
+    with pytest.raises(ValueError, match=where):
+        CocoDetection(coco / "images" / "train", coco / "annotations" / "instances_train.json")
+    with pytest.raises(ValueError, match=where):
+        make_yolo_data(tmp_path / "out", coco_root=coco)
+    assert main(["make-data", f"out={tmp_path / 'out'}", f"coco_root={coco}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.search(rf"^kdkernels-yolo make-data: error: .*{where}", err), err
+    assert not (tmp_path / "out" / "labels" / "train" / "a.txt").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["make-data", "scarce_fraction=nan"], "'scarce_fraction=nan' must be finite"),
+    (["make-data", "scarce_fraction=1.5"], "'scarce_fraction=1.5' must be <= 1"),
+    (["make-data", "bogus=1"], "'bogus' is not a make-data argument"),
+    (["make-data", "seed=x"], "'seed='x'' must be an integer"),
+    (["train", "bogus=1"], "'bogus' is not a valid YOLO argument"),
+    (["train", "kd_T=0"], "'kd_T=0.0' must be > 0"),
+    (["train", "epochs=abc"], "'epochs=abc' is of invalid type str"),
+    (["train", "oops"], "argument 'oops' is not key=value"),
+])
+def test_cli_bad_arguments_are_one_line_errors_naming_the_key(tmp_path, capsys, argv, match):
+    """As kdkernels-train reports a bad --set: 'config error', one line, exit 2, before any work."""
+    from kdkernels.integrations.ultralytics.cli import main
+    assert main(argv + [f"out={tmp_path / 'out'}"] * (argv[0] == "make-data")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdkernels-yolo: config error: ") and "\n" not in err and match in err, err
+    assert not (tmp_path / "out").exists()

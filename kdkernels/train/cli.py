@@ -209,14 +209,12 @@ def main(argv=None) -> int:
     try:
         cfg = _config(args)
     except ConfigError as exc:
-        print(f"kdkernels-train: config error: {exc}", file=sys.stderr)
-        return 2
+        return report_config_error("kdkernels-train", exc)
 
     try:
         return _run(args, cfg)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TimeoutError) as exc:
-        print(f"kdkernels-train {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except RUN_ERRORS as exc:
+        return report_run_error(f"kdkernels-train {args.command}", exc)
     except KeyboardInterrupt:
         print(f"kdkernels-train {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -228,6 +226,23 @@ def main(argv=None) -> int:
         return exc.exit_code
     finally:
         _shutdown_distributed()
+
+
+RUN_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, TimeoutError)  # reported in one line
+
+
+def report_config_error(prog: str, exc: Exception) -> int:
+    """Print a bad setting's one-line error (it names the key) to stderr; the exit code, 2. The path of
+    ``kdkernels-train``'s bad ``--config``/``--set`` values and of ``kdkernels-yolo``'s bad ``key=value``."""
+    print(f"{prog}: config error: {exc}", file=sys.stderr)
+    return 2
+
+
+def report_run_error(where: str, exc: Exception) -> int:
+    """Print an error of a run (one of RUN_ERRORS: bad data, checkpoint or teacher file) in one line to
+    stderr; the exit code, 1."""
+    print(f"{where}: error: {exc}", file=sys.stderr)
+    return 1
 
 
 def _resume_hint(args, exc) -> str:

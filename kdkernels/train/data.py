@@ -11,11 +11,13 @@ the record named: invalid JSON (``ValueError`` with the line/column), a missing 
 (``FileNotFoundError`` with the path and image id), a box with negative size or outside its image, an
 unknown category or image id (``ValueError`` with the annotation id and image id). Crowd annotations
 (``iscrowd=1``) and boxes of zero width or height are skipped, as is the convention, and counted in
-``.skipped`` with one warning that sums them up.
+``.skipped`` with one warning that sums them up. ``read_coco_annotations`` is that check on its own:
+the YOLO converter (``kdkernels-yolo make-data``) reads COCO files through it too.
 
 An unlabelled ``ImageFolder`` decodes every image when it is built: unreadable files (garbage,
 truncated, empty) are a ``ValueError`` listing them, not skipped, so a run never starts on a folder
-it would later trip over, and the index -> file mapping that resumed runs rely on never shifts.
+it would later trip over, and the index -> file mapping that resumed runs rely on never shifts
+(``check_images_readable``, also the YOLO integration's check of its unlabeled images).
 ``check_same_categories`` makes a train/val pair with different categories an error naming both files.
 """
 from __future__ import annotations
@@ -26,14 +28,15 @@ import json
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["CocoDetection", "ImageFolder", "check_same_categories", "collate", "load_image", "read_categories",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["CocoAnnotations", "CocoDetection", "ImageFolder", "check_images_readable", "check_same_categories",
+           "collate", "load_image", "read_categories", "read_coco_annotations", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 BOX_TOLERANCE = 0.5  # px a box may overhang its image (rounding in real annotation files); clipped
@@ -50,6 +53,26 @@ def _load_uint8(path) -> np.ndarray:
         # ImportError: once Ultralytics is imported, its PIL.Image.open patch answers an
         # undecodable file by importing the optional pi_heif plugin
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+MAX_LISTED_IMAGES = 10  # unreadable images listed in check_images_readable's error (then a count)
+
+
+def check_images_readable(paths, where: str) -> None:
+    """Decode every image file once; one ValueError naming ``where`` and listing the unreadable ones
+    (not an image, truncated, empty: the first MAX_LISTED_IMAGES, then a count). The unlabeled-image
+    check of ``kdkernels-train`` (ImageFolder) and of the YOLO integration's unlabeled dataset."""
+    bad = []
+    for path in paths:
+        try:
+            _load_uint8(path)
+        except ValueError as e:
+            bad.append(f"{path} ({str(e.__cause__ or e).splitlines()[0][:120]})")
+    if bad:
+        listed = "; ".join(bad[:MAX_LISTED_IMAGES])
+        more = f"; and {len(bad) - MAX_LISTED_IMAGES} more" if len(bad) > MAX_LISTED_IMAGES else ""
+        raise ValueError(f"{where}: {len(bad)} unreadable image file{'s' if len(bad) > 1 else ''} "
+                         f"(fix or remove them): {listed}{more}")
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -185,6 +208,110 @@ def check_same_categories(train_ann, val_ann) -> None:
                      f"categories (category id, name): {'; '.join(diff)}")
 
 
+def _label_map(file_cats: dict, category_ids, where: str) -> list:
+    """The sorted category ids that become labels 0..K-1: ``category_ids`` (each must be one of the
+    file's) or every category of the file."""
+    if category_ids is None:
+        cat_ids = sorted(file_cats)
+    else:
+        cat_ids = sorted(int(c) for c in category_ids)
+        if len(set(cat_ids)) != len(cat_ids):
+            raise ValueError(f"category_ids has duplicates: {list(category_ids)}")
+        missing = [c for c in cat_ids if c not in file_cats]
+        if missing:
+            raise ValueError(f"{where}: category_ids {missing} are not among the file's categories "
+                             f"{sorted(file_cats)}")
+    if not cat_ids:
+        raise ValueError(f"{where}: no categories")
+    return cat_ids
+
+
+@dataclass
+class CocoAnnotations:
+    """A COCO instances file after every check (see :func:`read_coco_annotations`).
+
+    ``boxes[image id]``: usable boxes as clipped xyxy pixel tuples; ``labels[image id]``: their labels
+    (label k = ``category_ids[k]``); ``skipped``: {"crowd" | "degenerate": count}; ``data``: the file's
+    JSON (``iscrowd`` and ``area`` filled in where missing, as COCOeval reads them)."""
+    data: dict
+    images: dict
+    category_ids: list
+    class_names: list
+    boxes: dict
+    labels: dict
+    skipped: dict
+
+
+def read_coco_annotations(ann_file, *, category_ids=None, images_dir=None) -> CocoAnnotations:
+    """Read and check a COCO instances file: every record, box and category (errors name the file and
+    the annotation/image id; see the module docstring). With ``images_dir``, every image file must exist
+    there. Crowd and zero-size boxes are skipped, counted, and reported in one warning. The one check of
+    COCO annotations: ``CocoDetection`` and the YOLO converter both read through it."""
+    where = str(ann_file)
+    data = _read_instances(Path(ann_file))
+    file_cats = _parse_categories(data["categories"], where)
+    cat_ids = _label_map(file_cats, category_ids, where)
+    images = _parse_images(data["images"], where, None if images_dir is None else Path(images_dir))
+    boxes, labels, skipped = _parse_annotations(data["annotations"], images, file_cats, cat_ids, where)
+    if skipped:
+        warnings.warn(f"{where}: skipped {sum(skipped.values())} annotations ("
+                      + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) + ")", stacklevel=3)
+    return CocoAnnotations(data, images, cat_ids, [file_cats[c] for c in cat_ids], boxes, labels, skipped)
+
+
+def _parse_annotations(annotations: list, images: dict, file_cats: dict, cat_ids: list, where: str):
+    """Checked boxes (xyxy, clipped) and labels per image id; crowd and degenerate boxes are counted
+    in the returned ``skipped`` instead."""
+    cat_to_label = {c: k for k, c in enumerate(cat_ids)}
+    boxes = {iid: [] for iid in images}
+    labels = {iid: [] for iid in images}
+    skipped = {}
+    seen = set()
+    for k, a in enumerate(annotations):
+        iid, box, reason = _check_annotation(k, a, seen, images, file_cats, cat_ids, where)
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        boxes[iid].append(box)
+        labels[iid].append(cat_to_label[a["category_id"]])
+    return boxes, labels, skipped
+
+
+def _check_annotation(k: int, a, seen: set, images: dict, file_cats: dict, cat_ids: list, where: str):
+    """(image id, clipped xyxy box, None) for a usable annotation, (image id, None, reason) for a
+    skipped one; ValueError naming the annotation and image id for a bad one."""
+    if not isinstance(a, dict) or not _is_int(a.get("id")):
+        raise ValueError(f"{where}: annotations[{k}] has no integer 'id': {a!r}")
+    aid = a["id"]
+    if aid in seen:
+        raise ValueError(f"{where}: duplicate annotation id {aid}")
+    seen.add(aid)
+    iid = a.get("image_id")
+    rec = f"{where}: annotation id {aid} (image id {iid})"
+    if iid not in images:
+        raise ValueError(f"{rec}: unknown image id {iid!r}")
+    _check_category(a.get("category_id"), file_cats, cat_ids, rec)
+    x, y, w, h = _check_bbox(a.get("bbox"), images[iid], rec)
+    a.setdefault("iscrowd", 0)  # COCOeval reads both; fill them for hand-made files
+    a.setdefault("area", w * h)
+    if a["iscrowd"]:
+        return iid, None, "crowd"
+    W, H = float(images[iid]["width"]), float(images[iid]["height"])
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    x1, y1 = min(x + w, W), min(y + h, H)
+    if w == 0 or h == 0 or x1 <= x0 or y1 <= y0:
+        return iid, None, "degenerate"
+    return iid, (x0, y0, x1, y1), None
+
+
+def _check_category(cid, file_cats: dict, cat_ids: list, rec: str) -> None:
+    """ValueError naming the annotation unless ``cid`` is one of the file's categories and of ``cat_ids``."""
+    if cid not in file_cats:
+        raise ValueError(f"{rec}: unknown category id {cid!r} (file categories: {sorted(file_cats)})")
+    if cid not in cat_ids:
+        raise ValueError(f"{rec}: category id {cid!r} ({file_cats[cid]}) is not in category_ids {cat_ids}")
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO instances file (bounding boxes) as a torch Dataset.
 
@@ -201,87 +328,14 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = Path(ann_file)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir} (for {self.ann_file})")
-        where = str(self.ann_file)
-        data = _read_instances(self.ann_file)
-        file_cats = _parse_categories(data["categories"], where)
-        self._set_categories(file_cats, category_ids, where)
-        images = _parse_images(data["images"], where, self.images_dir if check_files else None)
-        boxes, labels, self.skipped = self._parse_annotations(data["annotations"], images, file_cats, where)
-        if self.skipped:
-            warnings.warn(f"{where}: skipped {sum(self.skipped.values())} annotations ("
-                          + ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) + ")", stacklevel=2)
-        self._set_items(images, boxes, labels)
+        ann = read_coco_annotations(self.ann_file, category_ids=category_ids,
+                                    images_dir=self.images_dir if check_files else None)
+        self.category_ids, self.class_names, self.skipped = ann.category_ids, ann.class_names, ann.skipped
+        self.num_classes = len(self.category_ids)
+        self._set_items(ann.images, ann.boxes, ann.labels)
         self.cache_images = cache_images
         self._cache = {}
-        self.coco = _coco_index(data)
-
-    def _set_categories(self, file_cats: dict, category_ids, where: str) -> None:
-        """The label mapping: ``category_ids`` (sorted) or every category of the file."""
-        if category_ids is None:
-            cat_ids = sorted(file_cats)
-        else:
-            cat_ids = sorted(int(c) for c in category_ids)
-            if len(set(cat_ids)) != len(cat_ids):
-                raise ValueError(f"category_ids has duplicates: {list(category_ids)}")
-            missing = [c for c in cat_ids if c not in file_cats]
-            if missing:
-                raise ValueError(f"{where}: category_ids {missing} are not among the file's categories "
-                                 f"{sorted(file_cats)}")
-        if not cat_ids:
-            raise ValueError(f"{where}: no categories")
-        self.category_ids = cat_ids
-        self.class_names = [file_cats[c] for c in cat_ids]
-        self.num_classes = len(cat_ids)
-        self._cat_to_label = {c: k for k, c in enumerate(cat_ids)}
-
-    def _parse_annotations(self, annotations: list, images: dict, file_cats: dict, where: str):
-        """Checked boxes (xyxy, clipped) and labels per image id; crowd and degenerate boxes are counted
-        in the returned ``skipped`` instead."""
-        boxes = {iid: [] for iid in images}
-        labels = {iid: [] for iid in images}
-        skipped = {}
-        seen = set()
-        for k, a in enumerate(annotations):
-            iid, box, reason = self._check_annotation(k, a, seen, images, file_cats, where)
-            if reason is not None:
-                skipped[reason] = skipped.get(reason, 0) + 1
-                continue
-            boxes[iid].append(box)
-            labels[iid].append(self._cat_to_label[a["category_id"]])
-        return boxes, labels, skipped
-
-    def _check_annotation(self, k: int, a, seen: set, images: dict, file_cats: dict, where: str):
-        """(image id, clipped xyxy box, None) for a usable annotation, (image id, None, reason) for a
-        skipped one; ValueError naming the annotation and image id for a bad one."""
-        if not isinstance(a, dict) or not _is_int(a.get("id")):
-            raise ValueError(f"{where}: annotations[{k}] has no integer 'id': {a!r}")
-        aid = a["id"]
-        if aid in seen:
-            raise ValueError(f"{where}: duplicate annotation id {aid}")
-        seen.add(aid)
-        iid = a.get("image_id")
-        rec = f"{where}: annotation id {aid} (image id {iid})"
-        if iid not in images:
-            raise ValueError(f"{rec}: unknown image id {iid!r}")
-        self._check_category(a.get("category_id"), file_cats, rec)
-        x, y, w, h = _check_bbox(a.get("bbox"), images[iid], rec)
-        a.setdefault("iscrowd", 0)  # COCOeval reads both; fill them for hand-made files
-        a.setdefault("area", w * h)
-        if a["iscrowd"]:
-            return iid, None, "crowd"
-        W, H = float(images[iid]["width"]), float(images[iid]["height"])
-        x0, y0 = max(x, 0.0), max(y, 0.0)
-        x1, y1 = min(x + w, W), min(y + h, H)
-        if w == 0 or h == 0 or x1 <= x0 or y1 <= y0:
-            return iid, None, "degenerate"
-        return iid, (x0, y0, x1, y1), None
-
-    def _check_category(self, cid, file_cats: dict, rec: str) -> None:
-        if cid not in file_cats:
-            raise ValueError(f"{rec}: unknown category id {cid!r} (file categories: {sorted(file_cats)})")
-        if cid not in self._cat_to_label:
-            raise ValueError(f"{rec}: category id {cid!r} ({file_cats[cid]}) is not in category_ids "
-                             f"{self.category_ids}")
+        self.coco = _coco_index(ann.data)
 
     def _set_items(self, images: dict, boxes: dict, labels: dict) -> None:
         """Items in image id order: boxes (n, 4) float32 and labels (n,) int64 per image."""
@@ -342,11 +396,9 @@ class ImageFolder(torch.utils.data.Dataset):
     Items are ``(image, {"image_id": index, "file_name": name})``.
 
     ``check_images`` (default): every image is decoded once at construction, and unreadable files
-    (not an image, truncated, empty) raise one ValueError that names the folder and lists them (the
-    first ``MAX_LISTED``, then a count). They are not skipped: the folder is fixed or the files
+    (not an image, truncated, empty) raise one ValueError that names the folder and lists them
+    (:func:`check_images_readable`). They are not skipped: the folder is fixed or the files
     removed, so every run and every resume sees the same images at the same indices."""
-
-    MAX_LISTED = 10
 
     def __init__(self, folder, *, file_list=None, cache_images: bool = False, check_images: bool = True):
         self.folder = Path(folder)
@@ -354,7 +406,7 @@ class ImageFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image folder not found: {self.folder}")
         names = self._list_folder() if file_list is None else self._read_file_list(file_list)
         if check_images:
-            self._check_readable(names)
+            check_images_readable([self.folder / n for n in names], f"image folder {self.folder}")
         self.file_names = names
         self.cache_images = cache_images
         self._cache = {}
@@ -379,20 +431,6 @@ class ImageFolder(torch.utils.data.Dataset):
             if not isinstance(n, str) or not (self.folder / n).is_file():
                 raise FileNotFoundError(f"{source}: image file not found: {self.folder / str(n)}")
         return names
-
-    def _check_readable(self, names) -> None:
-        """Decode every image; one ValueError listing the unreadable ones."""
-        bad = []
-        for name in names:
-            try:
-                _load_uint8(self.folder / name)
-            except ValueError as e:
-                bad.append(f"{name} ({str(e.__cause__ or e).splitlines()[0][:120]})")
-        if bad:
-            listed = "; ".join(bad[:self.MAX_LISTED])
-            more = f"; and {len(bad) - self.MAX_LISTED} more" if len(bad) > self.MAX_LISTED else ""
-            raise ValueError(f"image folder {self.folder}: {len(bad)} unreadable image file"
-                             f"{'s' if len(bad) > 1 else ''} (fix or remove them): {listed}{more}")
 
     def __len__(self):
         return len(self.file_names)

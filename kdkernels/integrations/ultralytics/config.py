@@ -1,7 +1,8 @@
 """The distillation settings: Ultralytics-style flat ``key=value`` arguments next to its own.
 
 They live in the trainer's ``args`` namespace (so ``args.yaml``, checkpoints, resume and the DDP
-launcher carry them) and are validated here with errors that name the key.
+launcher carry them) and are validated here with errors that name the key. ``unlabeled=`` with every
+term of unlabeled batches off (the weights of ``UNLABELED_TERMS`` all 0) is an error too.
 
 | key | default | meaning |
 |---|---|---|
@@ -28,7 +29,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["KD_DEFAULTS", "KDConfig", "kd_config", "split_kd_overrides"]
+__all__ = ["KD_DEFAULTS", "KDConfig", "check_number", "kd_config", "split_kd_overrides"]
 
 KD_DEFAULTS = {
     "kd_feat": 6.0, "kd_feat_threshold": 0.0, "kd_feat_power": 1.0,
@@ -37,6 +38,8 @@ KD_DEFAULTS = {
     "kd_unl": 1.0, "kd_unl_loss": "adl", "kd_adl_beta": 1.0, "kd_adl_gamma": 2.0,
     "unlabeled": None, "unlabeled_ratio": 0.5, "offline": True,
 }
+
+UNLABELED_TERMS = ("kd_feat", "kd_unl", "kd_ld")  # the weights of the terms that run on unlabeled batches
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def split_kd_overrides(overrides: dict) -> tuple[dict, dict]:
     return own, {k: v for k, v in overrides.items() if k in KD_DEFAULTS}
 
 
-def _number(value, key: str, *, minimum=None, positive=False) -> float:
+def check_number(value, key: str, *, minimum=None, positive=False) -> float:
+    """``value`` as a finite float (> 0 with ``positive``, >= ``minimum``); TypeError / ValueError naming ``key``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = float(value)
@@ -105,12 +109,23 @@ def kd_config(args) -> KDConfig:
         elif key == "unlabeled":
             out[key] = _unlabeled_path(value)
         elif key in ("kd_T", "kd_ld_T"):
-            out[key] = _number(value, key, positive=True)
+            out[key] = check_number(value, key, positive=True)
         elif key in ("kd_feat_threshold", "kd_feat_power", "kd_ld_threshold"):
-            out[key] = _number(value, key)
+            out[key] = check_number(value, key)
         else:  # weights, ratio, beta, gamma
-            out[key] = _number(value, key, minimum=0.0)
-    return KDConfig(**out)
+            out[key] = check_number(value, key, minimum=0.0)
+    cfg = KDConfig(**out)
+    _check_unlabeled_terms(cfg)
+    return cfg
+
+
+def _check_unlabeled_terms(cfg: KDConfig) -> None:
+    """ValueError naming the keys when unlabeled batches would run with every one of their terms off
+    (they would have no loss to train on)."""
+    if cfg.unlabeled and cfg.unlabeled_ratio > 0 and not any(getattr(cfg, k) > 0 for k in UNLABELED_TERMS):
+        raise ValueError(f"'unlabeled={cfg.unlabeled}' with {', '.join(f'{k}=0' for k in UNLABELED_TERMS)}: no term "
+                         "runs on unlabeled batches; set one of these weights > 0, or drop 'unlabeled' "
+                         "(or set unlabeled_ratio=0)")
 
 
 def _unlabeled_path(value):

@@ -28,7 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["coco_to_yolo", "make_yolo_data", "demo_synthetic_kwargs"]
+from kdkernels.train.data import read_coco_annotations
+
+from .config import check_number
+
+__all__ = ["check_export_args", "coco_to_yolo", "make_yolo_data", "demo_synthetic_kwargs"]
 
 
 def demo_synthetic_kwargs() -> dict:
@@ -47,33 +51,23 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _yolo_lines(anns: list, image: dict, cat_to_class: dict) -> list:
-    """COCO ``[x, y, w, h]`` px boxes → ``"k cx cy w h"`` lines normalised by the image size (clipped)."""
+def _yolo_lines(boxes: list, labels: list, image: dict) -> list:
+    """Checked xyxy px boxes (clipped to the image) and labels → ``"k cx cy w h"`` lines normalised by
+    the image size."""
     W, H = float(image["width"]), float(image["height"])
-    lines = []
-    for a in anns:
-        if a.get("iscrowd", 0):
-            continue
-        x, y, w, h = (float(v) for v in a["bbox"])
-        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        k = cat_to_class[a["category_id"]]
-        lines.append(f"{k} {(x0 + x1) / 2 / W:.6f} {(y0 + y1) / 2 / H:.6f} {(x1 - x0) / W:.6f} {(y1 - y0) / H:.6f}")
-    return lines
-
-
-def _read_coco(ann_file) -> dict:
-    data = json.loads(Path(ann_file).read_text())
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{ann_file}: not a COCO instances file (no {key!r} key)")
-    return data
+    return [f"{k} {(x0 + x1) / 2 / W:.6f} {(y0 + y1) / 2 / H:.6f} {(x1 - x0) / W:.6f} {(y1 - y0) / H:.6f}"
+            for (x0, y0, x1, y1), k in zip(boxes, labels)]
 
 
 def coco_to_yolo(images_dir, ann_file, out_dir, split: str, *, category_ids=None,
                  unlabeled_names=()) -> dict:
     """Write one COCO split as YOLO ``images/<split>`` + ``labels/<split>``.
+
+    The file is read and checked as ``kdkernels-train`` reads it (``kdkernels.train.data.read_coco_annotations``):
+    a malformed or non-finite box, one with negative size or outside its image (beyond ``BOX_TOLERANCE``), an
+    unknown category or image id, a missing image file is an error naming the file and the annotation
+    (nothing is written for that split); crowd and zero-size boxes are skipped with one warning, and
+    boxes overhanging within the tolerance are clipped.
 
     Args:
         images_dir: folder of the split's images; ann_file: its COCO instances JSON.
@@ -84,27 +78,20 @@ def coco_to_yolo(images_dir, ann_file, out_dir, split: str, *, category_ids=None
     Returns:
         ``{"names": [...], "category_ids": [...], "images": n, "boxes": per-file box counts}``.
     """
-    data = _read_coco(ann_file)
-    cats = {c["id"]: c["name"] for c in data["categories"]}
-    cat_ids = sorted(cats) if category_ids is None else sorted(category_ids)
-    cat_to_class = {c: k for k, c in enumerate(cat_ids)}
-    per_image = {im["id"]: [] for im in data["images"]}
-    for a in data["annotations"]:
-        if a["category_id"] in cat_to_class and a["image_id"] in per_image:
-            per_image[a["image_id"]].append(a)
+    ann = read_coco_annotations(ann_file, category_ids=category_ids, images_dir=images_dir)
     img_out, lab_out = Path(out_dir) / "images" / split, Path(out_dir) / "labels" / split
     img_out.mkdir(parents=True, exist_ok=True)
     lab_out.mkdir(parents=True, exist_ok=True)
     boxes = {}
-    for im in data["images"]:
+    for iid, im in ann.images.items():
         name = im["file_name"]
         _link_or_copy(Path(images_dir) / name, img_out / name)
-        lines = _yolo_lines(per_image[im["id"]], im, cat_to_class)
+        lines = _yolo_lines(ann.boxes[iid], ann.labels[iid], im)
         (lab_out / (Path(name).stem + ".txt")).write_text("".join(f"{ln}\n" for ln in lines))
         boxes[name] = len(lines)
     for name in unlabeled_names:
         _link_or_copy(Path(images_dir) / name, img_out / name)
-    return {"names": [cats[c] for c in cat_ids], "category_ids": cat_ids, "images": len(boxes), "boxes": boxes}
+    return {"names": ann.class_names, "category_ids": ann.category_ids, "images": len(boxes), "boxes": boxes}
 
 
 def _copy_folder(src, dst) -> int:
@@ -128,6 +115,17 @@ def _scarce_split(boxes: dict, fraction: float, seed: int) -> tuple:
         kept += boxes[names[i]]
     chosen = set(labeled)
     return sorted(labeled), [n for n in names if n not in chosen], kept / max(total, 1)
+
+
+def check_export_args(scarce_fraction=0.1, seed=0) -> tuple:
+    """(scarce_fraction, seed) of :func:`make_yolo_data`, checked: a finite number in (0, 1] and an integer;
+    TypeError / ValueError naming the key otherwise."""
+    fraction = check_number(scarce_fraction, "scarce_fraction", positive=True)
+    if fraction > 1:
+        raise ValueError(f"'scarce_fraction={fraction!r}' must be <= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"'seed={seed!r}' must be an integer")
+    return fraction, seed
 
 
 def _write_list(path: Path, split: str, names) -> None:
@@ -156,8 +154,7 @@ def make_yolo_data(out_dir, *, coco_root=None, synthetic: dict | None = None, sc
     Returns:
         paths (``data_yaml``, ``scarce_yaml``, ``unlabeled``, ``scarce_unlabeled``, ``root``) and counts.
     """
-    if not 0 < scarce_fraction <= 1:
-        raise ValueError(f"scarce_fraction must be in (0, 1], got {scarce_fraction!r}")
+    scarce_fraction, seed = check_export_args(scarce_fraction, seed)
     out = Path(out_dir)
     if coco_root is None:
         from kdkernels.train.synthetic import ensure_synthetic_coco

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.nn.modules.head import Detect
-from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
 from .config import KDConfig
 from .losses import kd_terms
@@ -42,7 +42,11 @@ def check_teacher(teacher, student, kd: KDConfig, where: str = "distill_model") 
     Feature levels: same count and strides (the terms pair the levels one by one). Classes: same
     count when a class term is on. reg_max: the same when the localisation term is on.
     """
-    t, s = detect_head(teacher), detect_head(student)
+    try:
+        t = detect_head(teacher)
+    except ValueError as e:
+        raise ValueError(f"{where}: the teacher {e}") from None
+    s = detect_head(student)
     t_str, s_str = [int(x) for x in t.stride.tolist()], [int(x) for x in s.stride.tolist()]
     if t.nl != s.nl or t_str != s_str:
         raise ValueError(f"{where}: the teacher's Detect head has {t.nl} feature levels at strides {t_str}, the "
@@ -58,10 +62,19 @@ def check_teacher(teacher, student, kd: KDConfig, where: str = "distill_model") 
 
 
 def _load_teacher(teacher):
+    """The teacher DetectionModel of ``distill_model`` (a checkpoint path or a module); errors name the key."""
+    where = teacher
     if isinstance(teacher, (str, Path)):
         if not Path(teacher).is_file():
             raise FileNotFoundError(f"distill_model={teacher}: no such teacher checkpoint (a .pt file)")
-        teacher = load_checkpoint(teacher)[0]
+        try:
+            teacher = load_checkpoint(teacher)[0]
+        except Exception as e:  # unpickling or Ultralytics' format checks: any failure means an unusable file
+            raise ValueError(f"distill_model={where}: cannot load it as an Ultralytics checkpoint "
+                             f"({type(e).__name__}: {e})") from e
+    if not isinstance(teacher, DetectionModel):
+        raise ValueError(f"distill_model={where if isinstance(where, (str, Path)) else type(where).__name__}: holds a "
+                         f"{type(teacher).__name__}, not an Ultralytics detection model (a YOLO .pt checkpoint)")
     return teacher
 
 

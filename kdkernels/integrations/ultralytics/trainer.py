@@ -18,11 +18,12 @@ from copy import copy
 from pathlib import Path
 
 from torch import nn
-from ultralytics.cfg import cfg2dict
+from ultralytics.cfg import cfg2dict, get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils.checks import check_imgsz
 from ultralytics.utils.torch_utils import unwrap_model
 
 from .config import KD_DEFAULTS, kd_config, split_kd_overrides
@@ -30,16 +31,38 @@ from .model import KDDistillationModel
 from .offline import offline_mode
 from .unlabeled import InterleavedLoader, build_unlabeled_loader
 
-__all__ = ["KDDetectionTrainer"]
+__all__ = ["KDDetectionTrainer", "check_overrides", "kd_base_cfg"]
+
+
+def kd_base_cfg(cfg=DEFAULT_CFG) -> dict:
+    """Ultralytics' settings ``cfg`` plus the KD keys at their defaults: the KD keys are then known keys,
+    and Ultralytics checks the rest."""
+    return {**KD_DEFAULTS, **cfg2dict(cfg)}
+
+
+def _check_kd_overrides(overrides: dict) -> None:
+    """The KD keys among ``overrides`` checked (``kd_config``, the other KD keys at their defaults)."""
+    kd_config({**KD_DEFAULTS, **split_kd_overrides(overrides)[1]})
+
+
+def check_overrides(overrides: dict, cfg=DEFAULT_CFG) -> None:
+    """The trainer's argument checks without building it: the KD keys (``kd_config``) and Ultralytics' keys
+    and values (``get_cfg``, its help text not printed); errors name the key."""
+    _check_kd_overrides(overrides)
+    logger_was_disabled, LOGGER.disabled = LOGGER.disabled, True
+    try:
+        get_cfg(kd_base_cfg(cfg), overrides)
+    finally:
+        LOGGER.disabled = logger_was_disabled
 
 
 class KDDetectionTrainer(DetectionTrainer):
     """DetectionTrainer + kdkernels distillation (``distill_model`` required; KD keys in :mod:`.config`)."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
-        base = {**KD_DEFAULTS, **cfg2dict(cfg)}  # the KD keys are known keys: Ultralytics checks the rest
+        base = kd_base_cfg(cfg)
         overrides = dict(overrides or {})
-        kd_config({**KD_DEFAULTS, **split_kd_overrides(overrides)[1]})  # fail early, naming the key
+        _check_kd_overrides(overrides)  # fail early, naming the key
         with offline_mode(kd_config(overrides).offline if "offline" in overrides else True):
             super().__init__(base, overrides, _callbacks)
         self.kd = kd_config(self.args)
@@ -79,11 +102,20 @@ class KDDetectionTrainer(DetectionTrainer):
         return ckpt
 
     def _wrap(self, student, projector):
+        """``student`` in a KDDistillationModel (its setup runs the teacher and student at ``imgsz``)."""
         student.nc, student.names, student.args = self.data["nc"], self.data["names"], self.args
+        self._round_imgsz(student)
         model = KDDistillationModel(self.kd_teacher, student, self.kd)
         if projector is not None:
             model.projector.load_state_dict(projector.state_dict())
         return model
+
+    def _round_imgsz(self, student) -> None:
+        """``imgsz`` rounded up to a multiple of the student's largest stride (at least 32), with Ultralytics'
+        warning: the check Ultralytics' ``_setup_train`` runs after ``setup_model``, run before the
+        distillation model's setup forward, which needs the feature maps of both models to line up."""
+        gs = max(int(student.stride.max()), 32)
+        self.args.imgsz = check_imgsz(self.args.imgsz, stride=gs, floor=gs, max_dim=1)
 
     def set_model_attributes(self):
         """nc, names and args on the wrapper and on the student."""
@@ -100,6 +132,10 @@ class KDDetectionTrainer(DetectionTrainer):
             super()._setup_train()
         finally:
             self.args.distill_model = teacher
+        if self.args.compile:  # Ultralytics' "compile complete" above is before the (lazy) compile itself
+            LOGGER.info("compile: the first step of each batch kind (labelled, unlabeled) traces and compiles the whole "
+                        "distillation step; with an empty Inductor cache this takes minutes on a few CPU cores "
+                        "(README, YOLO section), later runs reuse the cache")
 
     def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
         """The labelled loader; in train mode with ``unlabeled=``, interleaved with the unlabeled one."""

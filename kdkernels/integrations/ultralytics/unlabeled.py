@@ -12,6 +12,8 @@ from PIL import Image
 from ultralytics.data import YOLODataset, build_dataloader
 from ultralytics.utils import colorstr
 
+from kdkernels.train.data import check_images_readable
+
 __all__ = ["UnlabeledDataset", "InterleavedLoader", "build_unlabeled_loader"]
 
 
@@ -19,8 +21,13 @@ class UnlabeledDataset(YOLODataset):
     """YOLODataset over a folder or ``.txt`` list of images whose labels are never read (all empty)."""
 
     def get_labels(self) -> list:
-        """One empty label per image (shape read from the image header); no label file, no cache."""
+        """One empty label per image (shape read from the image header); no label file, no cache.
+
+        Every image is decoded once first (``check_images_readable``, as ``kdkernels-train`` checks its
+        unlabeled folder): unreadable files (not an image, truncated, empty) are one ValueError listing
+        them, before the first step, rather than an error at the batch that would read them."""
         self.label_files = []
+        check_images_readable(self.im_files, f"unlabeled={self.img_path}")
         labels = []
         for f in self.im_files:
             with Image.open(f) as im:
